@@ -1,0 +1,58 @@
+# llmsuite: `make run` starts the whole stack, `make test` runs every test.
+# Everything below installs itself; only python3.11, apt-get and npm are assumed.
+
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+SITE     := $(VENV)/lib/python3.11/site-packages
+PROTOS   := $(shell find protos -name '*.proto')
+DEPS     := $(VENV)/.deps-installed
+STUBS    := gen/.stamp
+SYSTEM   := build/.system-deps
+BUF      := node_modules/.bin/buf
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint proto clean eval-guardrails eval-retrieval eval-routing bench
+
+setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF)
+
+# Debian packages the tests and `make run` start for real.
+$(SYSTEM):
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q redis-server docker-compose)
+	@mkdir -p build && touch $@
+
+$(DEPS): requirements.lock pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3
+	# torch first, the local CPU build: otherwise a dependency pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# Generated stubs live in gen/ (not committed); a .pth file puts gen/ on sys.path.
+# gen/llmsuite.pb is the descriptor set Envoy's JSON transcoder reads.
+$(STUBS): $(PROTOS) $(DEPS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen \
+	  --include_imports --descriptor_set_out=gen/llmsuite.pb $(PROTOS)
+	echo "$(CURDIR)/gen" > $(SITE)/llmsuite-gen.pth
+	touch $@
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+proto: $(STUBS)
+
+lint: setup
+	$(BUF) lint
+
+run: setup
+	$(PY) -m services.stack
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf gen build var

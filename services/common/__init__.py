@@ -1,0 +1,1 @@
+"""Shared runtime of every llmsuite service: bootstrap, config, errors, logs, metrics."""

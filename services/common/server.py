@@ -1,0 +1,127 @@
+"""gRPC server bootstrap shared by every service.
+
+Startup: register servicers, health (NOT_SERVING) and reflection, start listening,
+warm up, then mark SERVING. Shutdown on SIGTERM/SIGINT: mark NOT_SERVING so load
+balancers stop sending new calls, let in-flight calls (streams included) finish
+within the grace period, then close the service's own clients.
+"""
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import logs
+from services.common.config import ConfigError, ServerSettings, S, load
+from services.common.interceptor import ServerInterceptor
+from services.common.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Service:
+    """What a service hands to the bootstrap."""
+
+    name: str
+    settings: ServerSettings
+    # Fully qualified gRPC service names, for health and reflection.
+    service_names: Sequence[str]
+    register: Callable[[grpc.aio.Server], None]
+    # Runs after the port is open and before health turns SERVING.
+    warm_up: Callable[[], Awaitable[None]] = field(default=_nothing)
+    # Runs after the server stopped: close clients, flush state.
+    close: Callable[[], Awaitable[None]] = field(default=_nothing)
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Without this, a second process can bind the same port on Linux and
+        # silently take half the traffic; a clash must fail loudly instead.
+        ("grpc.so_reuseport", 0),
+        # Accept client keepalive pings (Envoy and our clients send them) no more
+        # often than every 10 s, so idle long-lived connections stay up.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Creates the server with health and reflection; binds but does not start it."""
+    settings = service.settings
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(service.name, settings.default_tenant)],
+        options=server_options(settings),
+    )
+    service.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    return server, port, health_servicer
+
+
+async def _set_health(health_servicer, service: Service, status) -> None:
+    for name in ("", *service.service_names):
+        await health_servicer.set(name, status)
+
+
+async def serve(service: Service) -> None:
+    settings = service.settings
+    metrics_port = serve_metrics(settings.metrics_port, settings.metrics_host)
+    server, port, health_servicer = build_server(service)
+    await _set_health(health_servicer, service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    log.info("listening on %s:%d, metrics on :%d; warming up", settings.host, port, metrics_port,
+             extra={"port": port, "metrics_port": metrics_port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    warm_up = asyncio.create_task(service.warm_up())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({warm_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if warm_up.done():
+            warm_up.result()
+            await _set_health(health_servicer, service, health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready")
+            await stopping
+        log.info("stopping: draining in-flight calls for up to %.1fs", settings.grace_seconds)
+        await _set_health(health_servicer, service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(settings.grace_seconds)
+    finally:
+        warm_up.cancel()
+        stopping.cancel()
+        await service.close()
+        log.info("stopped")
+
+
+def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -> None:
+    """Entry point of `python -m services.<name>`: load settings, serve until signalled."""
+    try:
+        settings = load(settings_cls, section)
+    except ConfigError as err:
+        print(f"{section}: {err}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(section, settings.log_level)
+    try:
+        asyncio.run(serve(factory(settings)))
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
