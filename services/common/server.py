@@ -38,6 +38,9 @@ class Service:
     # Fully qualified gRPC service names, for health and reflection.
     service_names: Sequence[str]
     register: Callable[[grpc.aio.Server], None]
+    # Further services to describe through reflection without serving them here
+    # (the edge router describes the whole suite).
+    reflection_names: Sequence[str] = ()
     # Runs after the port is open and before health turns SERVING.
     warm_up: Callable[[], Awaitable[None]] = field(default=_nothing)
     # Runs after the server stopped: close clients, flush state.
@@ -68,9 +71,13 @@ def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.Hea
     service.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [*service.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    names = [*service.service_names, *service.reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise ConfigError(f"cannot listen on {address}: the port is in use or the address is not local") from err
     return server, port, health_servicer
 
 
@@ -120,8 +127,14 @@ def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -
         print(f"{section}: {err}", file=sys.stderr)
         sys.exit(2)
     logs.configure(section, settings.log_level)
+
+    async def run() -> None:
+        # The factory runs inside the event loop: grpc.aio channels and tasks it
+        # creates must belong to the loop that serves.
+        await serve(factory(settings))
+
     try:
-        asyncio.run(serve(factory(settings)))
+        asyncio.run(run())
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)

@@ -1,0 +1,139 @@
+"""Validation of inference requests into one internal shape.
+
+Every problem becomes INVALID_ARGUMENT naming the field and the accepted range,
+so a caller can fix the request without reading server logs.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from llmsuite.inference.v1 import inference_pb2
+
+from services.common.errors import InvalidArgument
+from services.router.config import RouterSettings
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+_ROLE_NAMES = {
+    inference_pb2.ROLE_SYSTEM: "system",
+    inference_pb2.ROLE_USER: "user",
+    inference_pb2.ROLE_ASSISTANT: "assistant",
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    turns: tuple[Turn, ...]
+    sampling: Sampling
+    model: str = ""
+    tier: int = inference_pb2.TIER_UNSPECIFIED
+    session_id: str | None = None
+    cache_policy: int = inference_pb2.CACHE_POLICY_UNSPECIFIED
+    retrieval_collection: str = ""
+    retrieval_top_k: int = 0
+    retrieval_score_threshold: float | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def _turns(request, settings: RouterSettings) -> tuple[Turn, ...]:
+    if request.prompt and request.messages:
+        raise InvalidArgument("set either prompt or messages, not both", field="prompt")
+    if len(request.messages) > settings.max_messages:
+        raise InvalidArgument(f"too many messages: {len(request.messages)} (at most {settings.max_messages})",
+                              field="messages")
+    if request.prompt:
+        turns = (Turn("user", request.prompt),)
+    else:
+        turns = []
+        for index, message in enumerate(request.messages):
+            role = _ROLE_NAMES.get(message.role)
+            if role is None:
+                raise InvalidArgument(f"messages[{index}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
+                                      field=f"messages[{index}].role")
+            if role == "system" and not settings.allow_client_system_prompt:
+                raise InvalidArgument("system messages are not accepted from clients for this deployment; "
+                                      "the tenant's prompt template sets the system prompt",
+                                      field=f"messages[{index}].role", reason="CLIENT_SYSTEM_PROMPT_NOT_ALLOWED")
+            turns.append(Turn(role, message.content))
+        turns = tuple(turns)
+    if not turns or not any(turn.content.strip() for turn in turns if turn.role == "user"):
+        raise InvalidArgument("the prompt is empty: set prompt, or messages with a non-empty user message",
+                              field="prompt")
+    size = sum(len(turn.content) for turn in turns)
+    if size > settings.max_prompt_chars:
+        raise InvalidArgument(f"the prompt is too long: {size} characters (at most {settings.max_prompt_chars})",
+                              field="prompt", reason="PROMPT_TOO_LONG")
+    return turns
+
+
+def _sampling(params, settings: RouterSettings) -> Sampling:
+    max_tokens = params.max_tokens if params.HasField("max_tokens") else settings.default_max_tokens
+    if not 1 <= max_tokens <= settings.max_output_tokens:
+        raise InvalidArgument(f"sampling.max_tokens must be between 1 and {settings.max_output_tokens}, got {max_tokens}",
+                              field="sampling.max_tokens")
+    temperature = params.temperature if params.HasField("temperature") else None
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
+        raise InvalidArgument("sampling.temperature must be between 0 and 2", field="sampling.temperature")
+    top_p = params.top_p if params.HasField("top_p") else None
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidArgument("sampling.top_p must be in (0, 1]", field="sampling.top_p")
+    top_k = params.top_k if params.HasField("top_k") else None
+    if top_k is not None and not 0 <= top_k <= 1000:
+        raise InvalidArgument("sampling.top_k must be between 0 and 1000", field="sampling.top_k")
+    if len(params.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in params.stop):
+        raise InvalidArgument(f"sampling.stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "
+                              f"{MAX_STOP_CHARS} characters", field="sampling.stop")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=params.seed if params.HasField("seed") else None,
+        stop=tuple(params.stop),
+    )
+
+
+def validate(request, settings: RouterSettings) -> InferenceRequest:
+    """Checks a GenerateRequest or GenerateStreamRequest (they share their fields)."""
+    turns = _turns(request, settings)
+    sampling = _sampling(request.sampling, settings)
+    if request.tier == inference_pb2.TIER_CACHE:
+        raise InvalidArgument("tier TIER_CACHE cannot be pinned; use cache_policy to control the cache",
+                              field="tier")
+    if request.tier not in (inference_pb2.TIER_UNSPECIFIED, inference_pb2.TIER_LIGHT, inference_pb2.TIER_FULL):
+        raise InvalidArgument("unknown tier", field="tier")
+    if request.cache_policy not in inference_pb2.CachePolicy.values():
+        raise InvalidArgument("unknown cache_policy", field="cache_policy")
+    if len(request.model) > 128:
+        raise InvalidArgument("model name too long (at most 128 characters)", field="model")
+    retrieval = request.retrieval
+    if retrieval.collection and not 0 <= retrieval.top_k <= 20:
+        raise InvalidArgument("retrieval.top_k must be between 1 and 20 (0 for the default of 4)",
+                              field="retrieval.top_k")
+    return InferenceRequest(
+        turns=turns,
+        sampling=sampling,
+        model=request.model,
+        tier=request.tier,
+        session_id=request.session_id if request.HasField("session_id") else None,
+        cache_policy=request.cache_policy,
+        retrieval_collection=retrieval.collection,
+        retrieval_top_k=retrieval.top_k or 4,
+        retrieval_score_threshold=retrieval.score_threshold if retrieval.HasField("score_threshold") else None,
+    )
