@@ -1,0 +1,1 @@
+"""The edge: Envoy configuration, the authz and rate-limit services, API keys."""
