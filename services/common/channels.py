@@ -1,6 +1,12 @@
 """Client channels from one suite service to another."""
 
+import asyncio
+import logging
+
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
     # Ping idle connections so a dead peer (killed pod, dropped NAT entry) is
@@ -21,3 +27,23 @@ CHANNEL_OPTIONS = [
 def insecure_channel(target: str) -> grpc.aio.Channel:
     """A channel to an in-cluster upstream (plaintext; the mesh or Envoy adds TLS)."""
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+async def wait_serving(channel: grpc.aio.Channel, upstream: str, service: str = "") -> None:
+    """Waits until an upstream's gRPC health says SERVING, backing off up to 2 s.
+
+    Used in warm-up: a service whose required upstream is not ready stays
+    NOT_SERVING itself, so the edge never routes to a half-ready stack.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+    delay = 0.05
+    while True:
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                log.info("upstream %s is serving", upstream)
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)

@@ -34,5 +34,6 @@ def create(settings: RouterSettings) -> Service:
         service_names=[EDGE_SERVICES[0]],
         reflection_names=EDGE_SERVICES[1:],
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
+        warm_up=generation.wait_ready,
         close=close,
     )

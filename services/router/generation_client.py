@@ -6,7 +6,7 @@ from typing import AsyncIterator
 import grpc
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import insecure_channel, wait_serving
 from services.common.context import outgoing_metadata
 from services.common.errors import from_rpc_error
 from services.router.validation import Sampling
@@ -61,6 +61,9 @@ class GenerationClient:
             # Leaving early (our caller went away) must end the upstream call too,
             # so generation and Triton stop working for nobody.
             call.cancel()
+
+    async def wait_ready(self) -> None:
+        await wait_serving(self._channel, "generation")
 
     async def close(self) -> None:
         await self._channel.close()
