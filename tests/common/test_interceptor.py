@@ -1,0 +1,123 @@
+"""The interceptor on a real in-process grpc.aio server.
+
+The handlers here are small test servicers for the generation API: they exist to
+raise each kind of error so the mapping to gRPC status can be checked.
+"""
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
+from prometheus_client import REGISTRY
+
+from services.common import context
+from services.common.config import ServerSettings
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.server import Service, build_server
+
+
+class ErrorServicer(generation_pb2_grpc.GenerationServiceServicer):
+    async def Generate(self, request, ctx):
+        if request.model == "bad":
+            raise InvalidArgument("max_tokens must be between 1 and 10", field="sampling.max_tokens")
+        if request.model == "busy":
+            raise ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_s=2.5)
+        if request.model == "crash":
+            raise RuntimeError("secret connection string postgres://admin:hunter2@db")
+        return generation_pb2.GenerateResponse(text=f"{context.request_id_var.get()}|{context.tenant_var.get()}")
+
+    async def GenerateStream(self, request, ctx):
+        yield generation_pb2.GenerateStreamResponse(text_delta="a")
+        raise InvalidArgument("stopped half way", field="prompt")
+
+
+@pytest.fixture(scope="module")
+async def server_port():
+    settings = ServerSettings(default_tenant="dev")
+    service = Service(name="itest", settings=settings, service_names=["llmsuite.generation.v1.GenerationService"],
+                      register=lambda s: generation_pb2_grpc.add_GenerationServiceServicer_to_server(ErrorServicer(), s))
+    server, port, _ = build_server(service)
+    await server.start()
+    yield port
+    await server.stop(0)
+
+
+@pytest.fixture
+async def stub(server_port):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server_port}") as channel:
+        yield generation_pb2_grpc.GenerationServiceStub(channel), channel
+
+
+async def test_service_error_maps_to_code_with_details(stub):
+    client, _ = stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Generate(generation_pb2.GenerateRequest(model="bad"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tokens must be between 1 and 10" in err.value.details()
+    status = rpc_status.from_call(err.value)
+    bad_request = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad_request) for d in status.details)
+    assert bad_request.field_violations[0].field == "sampling.max_tokens"
+
+
+async def test_resource_exhausted_carries_retry_info(stub):
+    client, _ = stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Generate(generation_pb2.GenerateRequest(model="busy"))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in rpc_status.from_call(err.value).details)
+    assert retry.retry_delay.ToMilliseconds() == 2500
+
+
+async def test_unknown_exception_is_internal_without_its_text(stub):
+    client, _ = stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Generate(generation_pb2.GenerateRequest(model="crash"), metadata=(("x-request-id", "rid-42"),))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in err.value.details() and "postgres" not in err.value.details()
+    assert "rid-42" in err.value.details()
+
+
+async def test_malformed_bytes_are_invalid_argument_and_server_keeps_serving(stub):
+    client, channel = stub
+    raw = channel.unary_unary("/llmsuite.generation.v1.GenerationService/Generate",
+                              request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(b"\xff\xff\xff\xff\x0f")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reply = await client.Generate(generation_pb2.GenerateRequest(model="ok"))
+    assert reply.text
+
+
+async def test_request_id_and_tenant_come_from_metadata_and_are_echoed(stub):
+    client, _ = stub
+    call = client.Generate(generation_pb2.GenerateRequest(model="ok"),
+                           metadata=(("x-request-id", "abc-1"), ("x-llmsuite-tenant", "acme")))
+    reply = await call
+    assert reply.text == "abc-1|acme"
+    assert ("x-request-id", "abc-1") in tuple(await call.initial_metadata())
+    generated = await client.Generate(generation_pb2.GenerateRequest(model="ok"))
+    request_id, tenant = generated.text.split("|")
+    assert len(request_id) == 32 and tenant == "dev"
+
+
+async def test_error_after_stream_started_is_delivered(stub):
+    client, _ = stub
+    received = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for message in client.GenerateStream(generation_pb2.GenerateStreamRequest(model="x")):
+            received.append(message.text_delta)
+    assert received == ["a"]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_metrics_count_calls_by_method_and_code(stub):
+    client, _ = stub
+    labels = {"service": "itest", "method": "Generate", "code": "INVALID_ARGUMENT"}
+    before = REGISTRY.get_sample_value("llmsuite_rpc_requests_total", labels) or 0
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.Generate(generation_pb2.GenerateRequest(model="bad"))
+    assert REGISTRY.get_sample_value("llmsuite_rpc_requests_total", labels) == before + 1
+    assert REGISTRY.get_sample_value("llmsuite_rpc_in_flight", {"service": "itest", "method": "Generate"}) == 0
