@@ -1,0 +1,139 @@
+"""The walking skeleton end to end: client -> Envoy -> router -> generation -> Triton."""
+
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
+from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
+
+from services.router.prompt import render
+from services.router.validation import Turn
+from tests.harness import (
+    REPO,
+    ServiceProcess,
+    assert_grpc_error,
+    free_port,
+    grpc_health_status,
+    service_env,
+    start_service,
+)
+
+
+@pytest.fixture(scope="module")
+def inference(edge):
+    with grpc.insecure_channel(edge) as channel:
+        yield inference_pb2_grpc.InferenceServiceStub(channel)
+
+
+def direct_generation(stack, prompt: str, model: str, max_tokens: int) -> generation_pb2.GenerateResponse:
+    """What the generation service answers for the prompt the router renders."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.generation}") as channel:
+        stub = generation_pb2_grpc.GenerationServiceStub(channel)
+        return stub.Generate(generation_pb2.GenerateRequest(
+            model=model, prompt=render((Turn("user", prompt),)),
+            sampling=generation_pb2.SamplingParams(max_tokens=max_tokens)), timeout=30)
+
+
+def test_unary_generate_returns_the_stand_in_answer_and_token_counts(stack, inference):
+    prompt = "Explain what a token bucket rate limiter does."
+    reply = inference.Generate(inference_pb2.GenerateRequest(
+        prompt=prompt, tier=inference_pb2.TIER_LIGHT, sampling=inference_pb2.SamplingParams(max_tokens=24)), timeout=30)
+    expected = direct_generation(stack, prompt, "light", 24)
+    assert reply.text == expected.text and reply.text.strip()
+    assert reply.usage.input_tokens == expected.input_tokens > 0
+    assert reply.usage.output_tokens == expected.output_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.input_tokens + reply.usage.output_tokens
+    assert reply.tier == inference_pb2.TIER_LIGHT and reply.model == "light" and reply.model_version
+    assert len(reply.request_id) > 0
+
+
+def test_stream_deltas_add_up_to_the_final_answer(stack, inference):
+    prompt = "List three uses of a message queue."
+    messages = list(inference.GenerateStream(inference_pb2.GenerateStreamRequest(
+        prompt=prompt, tier=inference_pb2.TIER_FULL, sampling=inference_pb2.SamplingParams(max_tokens=16)), timeout=30))
+    deltas, final = messages[:-1], messages[-1]
+    assert final.HasField("final") and all(not m.HasField("final") for m in deltas)
+    assert len(deltas) > 1, "the answer arrives in pieces"
+    assert "".join(m.text_delta for m in deltas) == final.final.text
+    expected = direct_generation(stack, prompt, "full", 16)
+    assert final.final.text == expected.text
+    assert final.final.usage.output_tokens == expected.output_tokens
+    assert final.final.finish_reason in (inference_pb2.FINISH_REASON_STOP, inference_pb2.FINISH_REASON_LENGTH)
+
+
+def test_request_id_from_envoy_reaches_the_response(inference):
+    reply, call = inference.Generate.with_call(inference_pb2.GenerateRequest(prompt="hello"), timeout=30)
+    headers = dict(call.initial_metadata())
+    assert headers.get("x-request-id") == reply.request_id
+
+
+@pytest.mark.parametrize("request_, code, fragment", [
+    (inference_pb2.GenerateRequest(prompt=""), grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty"),
+    (inference_pb2.GenerateRequest(prompt="x" * 40_000), grpc.StatusCode.INVALID_ARGUMENT, "too long"),
+    (inference_pb2.GenerateRequest(prompt="x", sampling=inference_pb2.SamplingParams(max_tokens=100_000)),
+     grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+    (inference_pb2.GenerateRequest(prompt="x", model="no-such-model"), grpc.StatusCode.NOT_FOUND, "no-such-model"),
+])
+def test_bad_input_gets_a_clear_error_and_service_keeps_serving(inference, request_, code, fragment):
+    with pytest.raises(grpc.RpcError) as err:
+        inference.Generate(request_, timeout=30)
+    assert_grpc_error(err.value, code, fragment)
+    assert inference.Generate(inference_pb2.GenerateRequest(prompt="still there?"), timeout=30).text
+
+
+def test_malformed_request_bytes_are_invalid_argument(edge, inference):
+    with grpc.insecure_channel(edge) as channel:
+        raw = channel.unary_unary("/llmsuite.inference.v1.InferenceService/Generate")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+    assert_grpc_error(err.value, grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded")
+    assert inference.Generate(inference_pb2.GenerateRequest(prompt="ok"), timeout=30).text
+
+
+def test_edge_health_is_serving(edge):
+    assert grpc_health_status(int(edge.rsplit(":", 1)[1])) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_router_is_not_serving_until_generation_is(tmp_path):
+    """Warm-up gates health: with no generation upstream the router stays NOT_SERVING."""
+    port = free_port()
+    router = ServiceProcess("router-alone", [sys.executable, "-m", "services.router"], tmp_path,
+                            env=service_env("router", {"port": port, "metrics_port": free_port(),
+                                                       "generation_url": f"127.0.0.1:{free_port()}"}))
+    with router:
+        router.wait_until(lambda: grpc_health_status(port) is not None, "health answering", timeout=60)
+        assert grpc_health_status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_cli_streams_an_answer_through_envoy(edge):
+    result = subprocess.run([str(REPO / ".venv/bin/llmsuite"), "generate", "Say hello to the operators",
+                             "--target", edge, "--max-tokens", "12"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "tokens in/out" in result.stderr and "TIER_" in result.stderr
+
+
+def test_sigterm_lets_an_in_flight_stream_finish(stack, tmp_path):
+    """A second router replica is stopped mid-stream; the stream still completes."""
+    process, port = start_service("router", "router", {"generation_url": f"127.0.0.1:{stack.ports.generation}",
+                                                       "grace_seconds": 20}, tmp_path, name="router-drain")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            stream = stub.GenerateStream(inference_pb2.GenerateStreamRequest(
+                prompt="Write a long story about routers.", tier=inference_pb2.TIER_FULL,
+                sampling=inference_pb2.SamplingParams(max_tokens=200)), timeout=60)
+            first = next(stream)
+            assert first.text_delta
+            process.signal(signal.SIGTERM)
+            rest = list(stream)
+            assert rest[-1].HasField("final") and rest[-1].final.text
+            assert "".join(m.text_delta for m in [first, *rest[:-1]]) == rest[-1].final.text
+        assert process.proc.wait(30) == 0
+    finally:
+        process.stop()
