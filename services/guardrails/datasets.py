@@ -1,0 +1,19 @@
+"""Where the evaluation data lives, and reading JSON Lines."""
+
+import json
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "LLMSUITE_DATA_DIR"
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    """$LLMSUITE_DATA_DIR/guardrails, else ../shared/data/guardrails next to the repo."""
+    base = Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else _REPO.parent / "shared" / "data"
+    return base / "guardrails"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,159 @@
+"""Prompt-injection score: cheap signals first, the learned signal when they are not decisive.
+
+Cheap signals (microseconds to a millisecond): pattern families on the normalised
+views, the same families on decoded payloads (base64, hex, rot13, reversed),
+obfuscation markers, and a language switch inside one prompt. They give a rule
+score, 1 - prod(1 - weight) over what matched. When that score is decisive the
+learned signal is skipped; otherwise a logistic regression over the prompt's
+all-MiniLM-L6-v2 embedding plus the cheap signals as features gives a probability,
+and the final score is the larger of the two.
+"""
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from services.guardrails.classifier import InjectionClassifier
+from services.guardrails.decoders import decoded_views
+from services.guardrails.normalize import normalize
+from services.guardrails.patterns import FAMILIES, FAMILY_NAMES, match_families
+
+log = logging.getLogger(__name__)
+
+# A rule score at or above this settles the verdict without the learned signal.
+DECISIVE_SCORE = 0.85
+# Obfuscation markers alone (no attack phrase): suspicious, not conclusive.
+OBFUSCATION_WEIGHT = 0.4
+# An attack phrase that needed de-obfuscation or decoding to be seen was hidden on
+# purpose; that intent is itself strong evidence.
+HIDDEN_WEIGHT = 0.93
+# Spaced-out runs at least this long ("i g n o r e a l l") are deliberate.
+SPACED_RUN_MIN = 8
+# Reasons quote at most this much of the matched text.
+_SNIPPET = 60
+
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"family:{name}" for name in FAMILY_NAMES), "obfuscation", "hidden_payload", "language_switch",
+)
+
+_WEIGHTS = {family.name: family.weight for family in FAMILIES}
+_REASONS = {family.name: family.reason for family in FAMILIES}
+
+# Frequent function words per language; two or more hits of two languages in one
+# prompt mark a switch of language, a common way to smuggle an instruction past an
+# English-only filter.
+_STOPWORDS = {
+    "en": frozenset("the and is are what how you your with for this that of to in".split()),
+    "de": frozenset("der die das und ist sind wie was ich du sie nicht mit für ein eine".split()),
+    "es": frozenset("el la los las y es son que como qué yo tú con para una por".split()),
+    "fr": frozenset("le la les et est sont que comment je tu vous avec pour une des".split()),
+}
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+@dataclass
+class CheapSignals:
+    families: dict[str, str] = field(default_factory=dict)   # family -> snippet, plain views
+    hidden: dict[str, str] = field(default_factory=dict)     # family -> how it was hidden
+    obfuscation: list[str] = field(default_factory=list)
+    language_switch: bool = False
+    rule_score: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def decisive(self) -> bool:
+        return self.rule_score >= DECISIVE_SCORE
+
+    def features(self) -> np.ndarray:
+        values = [float(name in self.families or name in self.hidden) for name in FAMILY_NAMES]
+        values += [float(bool(self.obfuscation)), float(bool(self.hidden)), float(self.language_switch)]
+        return np.asarray(values, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class InjectionResult:
+    score: float
+    reasons: tuple[str, ...]
+    learned_score: float | None  # None when the learned signal was skipped or off
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _SNIPPET else text[: _SNIPPET - 1] + "…"
+
+
+def language_switch(text: str) -> bool:
+    counts = dict.fromkeys(_STOPWORDS, 0)
+    for word in _WORD.findall(text.lower()):
+        for language, words in _STOPWORDS.items():
+            if word in words:
+                counts[language] += 1
+    return sum(count >= 2 for count in counts.values()) >= 2
+
+
+def cheap_signals(text: str) -> CheapSignals:
+    signals = CheapSignals()
+    norm = normalize(text)
+    plain = match_families((norm.clean,))
+    signals.families = plain
+    if norm.skeleton != norm.clean:
+        for name in match_families((norm.skeleton,)):
+            if name not in plain:
+                signals.hidden[name] = "obfuscated"
+    for decoded in decoded_views(text):
+        for name in match_families(normalize(decoded.text).views()):
+            if name not in plain:
+                signals.hidden.setdefault(name, f"{decoded.encoding}-encoded")
+
+    if norm.invisible_chars:
+        signals.obfuscation.append(f"{norm.invisible_chars} invisible characters inside words")
+    if norm.mixed_script_words:
+        signals.obfuscation.append(f"{norm.mixed_script_words} words mixing look-alike letters from other scripts")
+    if norm.spaced_letters >= SPACED_RUN_MIN:
+        signals.obfuscation.append(f"{norm.spaced_letters} letters spaced out one by one")
+    signals.language_switch = language_switch(norm.clean)
+
+    keep = 1.0
+    for name, snippet in plain.items():
+        keep *= 1 - _WEIGHTS[name]
+        signals.reasons.append(f"{_REASONS[name]}: '{_snippet(snippet)}'")
+    for name, how in signals.hidden.items():
+        keep *= 1 - max(_WEIGHTS[name], HIDDEN_WEIGHT)
+        signals.reasons.append(f"{_REASONS[name]} ({how})")
+    if signals.obfuscation:
+        keep *= 1 - OBFUSCATION_WEIGHT
+        signals.reasons.append("obfuscation: " + "; ".join(signals.obfuscation))
+    signals.rule_score = 1 - keep
+    return signals
+
+
+class InjectionDetector:
+    """Combines the cheap signals with the learned classifier."""
+
+    def __init__(self, classifier: InjectionClassifier | None,
+                 embed: Callable[[str], Awaitable[np.ndarray]] | None):
+        if classifier is not None and classifier.feature_names != FEATURE_NAMES:
+            raise ValueError("injection classifier was trained on other cheap-signal features; "
+                             "rebuild it with `python -m services.guardrails.train`")
+        self._classifier = classifier
+        self._embed = embed
+
+    @property
+    def learned(self) -> bool:
+        return self._classifier is not None and self._embed is not None
+
+    async def score(self, text: str, embedding: np.ndarray | None = None) -> InjectionResult:
+        signals = cheap_signals(text)
+        reasons = list(signals.reasons)
+        if signals.decisive or not self.learned:
+            return InjectionResult(signals.rule_score, tuple(reasons), None)
+        if embedding is None:
+            embedding = await self._embed(text)
+        learned = self._classifier.predict(embedding, signals.features())
+        if signals.language_switch:
+            reasons.append("language switch inside the prompt")
+        reasons.append(f"learned classifier: {learned:.2f}")
+        return InjectionResult(max(signals.rule_score, learned), tuple(reasons), learned)

@@ -1,0 +1,261 @@
+"""Prompt-injection pattern families, each with a weight and a human-readable reason.
+
+Patterns run on the normalised views of a prompt (see normalize.py), so they are
+written in lower case and allow optional spaces between the words of a phrase:
+letters spaced out by an attacker ("i g n o r e a l l") are joined before matching
+and lose their word gaps. Families marked `decisive` are precise enough that a hit
+settles the verdict without the learned signal.
+
+Languages: English, German, Spanish, French, Italian, Portuguese, Dutch, Polish,
+Russian and Croatian/Serbian/Bosnian for instruction overrides (the attacks seen most
+often in other languages); English and German for the other families.
+"""
+
+import re
+from dataclasses import dataclass
+
+# Between a verb and its object: up to four short words ("all of the previous").
+_GAP = r"(?:\s*[\w'\-]+[\s,]+){0,4}?\s*"
+
+
+def _phrase(text: str) -> str:
+    """Regex for a phrase given with single spaces: each space becomes optional space."""
+    return text.replace(" ", r"\s*")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    reason: str
+    weight: float
+    decisive: bool
+    patterns: tuple[re.Pattern, ...]
+
+    def search(self, text: str) -> re.Match | None:
+        for pattern in self.patterns:
+            match = pattern.search(text)
+            if match:
+                return match
+        return None
+
+
+def _compile(*patterns: str) -> tuple[re.Pattern, ...]:
+    return tuple(re.compile(pattern, re.IGNORECASE | re.DOTALL) for pattern in patterns)
+
+
+_OVERRIDE_VERBS_EN = r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|drop|abandon|override|bypass|neglect|discard|set\s*aside|throw\s*away|erase|delete|remove)"
+_PRIOR = r"(?:previous|previously|prior|above|preceding|earlier|former|foregoing|initial|original|old|existing|given|provided|system|your|all|any|every|these|those)"
+_OBJECTS_EN = r"(?:instructions?|prompts?|rules|guidelines|directions|directives|commands|orders|tasks|assignments|context|programming|information|documents|articles|training|restrictions|constraints|guardrails|filters|polic(?:y|ies)|messages)"
+
+INSTRUCTION_OVERRIDE = Family(
+    name="instruction_override",
+    reason="instruction override",
+    weight=0.92,
+    decisive=True,
+    patterns=_compile(
+        # English: "ignore all previous instructions", "forget about all the assignments"
+        rf"\b{_OVERRIDE_VERBS_EN}\b{_GAP}{_PRIOR}\b{_GAP}{_OBJECTS_EN}\b",
+        rf"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|told|discussed))",
+        r"\b(?:ignore|disregard)\s*(?:the\s*)?above\b",
+        r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|say|tell|print|output|jsut|answer|respond|reply|repeat)\b",
+        rf"\b(?:despite|regardless\s*of|contrary\s*to)\s*(?:what|anything|everything)\s*(?:you(?:'ve|\s*have)?\s*(?:been|were)\s*told|(?:your|the)\s*{_OBJECTS_EN})",
+        rf"\b(?:your|the)\s*(?:new\s*)?instructions\s*(?:are|is)\s*now\b",
+        r"\bchange\s*your\s*(?:instructions|rules|programming)\b",
+        r"\bnew\s*(?:instructions|rules)\s*:",
+        # German
+        r"\b(?:ignorier(?:e|en|t)?|vergiss|vergessen\s*sie|vergesst|missachte(?:n)?|übergehe|verwirf|streiche)\b"
+        r"(?:\s*[\w'\-]+[\s,]+){0,5}?\s*(?:anweisungen|instruktionen|befehle|aufgaben|aufträge|informationen|regeln|vorgaben|angaben|ausführungen|alles)\b",
+        r"\b(?:obigen|vorherigen|bisherigen)\s*(?:ausführungen|anweisungen|instruktionen)\s*(?:ignorieren|vergessen|missachten)",
+        r"\babweichend\s*(?:zu|von)\s*(?:den\s*)?(?:vorherigen|bisherigen|obigen)\s*(?:instruktionen|anweisungen)",
+        r"\b(?:vorangegangenen|vorherigen|bisherigen)\s*aufgaben\s*aus\s*dem\s*kopf",
+        r"\balle\s*(?:vorherigen|bisherigen)\s*informationen,?\s*die\s*(?:sie|du)\s*erhalten\s*(?:haben|hast),?\s*sind\b",
+        # Spanish, Portuguese
+        r"\b(?:olvida|olvide|olvidad|olvidar|ignora|ignore|ignorad|descarta|esqueça|esqueca|esquece)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrucciones|instruções|instrucoes|órdenes|reglas|regras|todo|tudo)\b",
+        # French
+        r"\b(?:oublie|oubliez|ignore|ignorez)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instructions|consignes|règles|tout)\b",
+        # Italian
+        r"\b(?:dimentica|dimenticate|ignora|ignorate)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:istruzioni|regole|tutto)\b",
+        # Dutch, Polish
+        r"\b(?:vergeet|negeer)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instructies|regels|alles)\b",
+        r"\b(?:zapomnij|zignoruj)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcje|polecenia|wszystko)\b",
+        # Russian, Croatian/Serbian/Bosnian
+        r"(?:забудь|забудьте|игнорируй|игнорируйте)(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:инструкции|правила|указания|всё|все)",
+        r"\b(?:zaboravi|zaboravite|ignoriraj|ignoriši)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcije|upute|uputstva|pravila|sve)\b",
+    ),
+)
+
+TASK_HIJACK = Family(
+    name="task_hijack",
+    reason="task hijack (new task replaces the current one)",
+    weight=0.7,
+    decisive=False,
+    patterns=_compile(
+        _phrase(r"\b(?:now|next) (?:focus|concentrate) on (?:your|the|a) new task"),
+        _phrase(r"\b(?:now )?(?:new|further|more|additional) (?:tasks|instructions) (?:follow|are following|are followed)"),
+        _phrase(r"\bstart (?:over|from the front|again) with a new task"),
+        _phrase(r"\bthat is (?:enough|done)\s*[.!]\s*now\b"),
+        r"\b(?:stop|attention)\s*[-:,!]+\s*(?:stop\s*[-:,!]+\s*)?(?:write|say|print|ignore|i\s*urgently)",
+        r"\b(?:instead|rather)\s*(?:just\s*)?(?:say|print|output|write|respond\s*with|reply\s*with)\b",
+        _phrase(r"\bdo not (?:answer|respond to) (?:this|the) question (?:but|and)"),
+        _phrase(r"\b(?:just|only) (?:say|output|print|write|respond with|reply with|answer with)\b"),
+        _phrase(r"\brepeat after me\b"),
+        # German
+        _phrase(r"\b(?:nun|jetzt) folgen (?:neue|weitere) (?:anweisungen|aufgaben)"),
+        _phrase(r"\bkonzentriere dich (?:jetzt|nun) auf (?:deine|die) neue aufgabe"),
+        _phrase(r"\bwir (?:starten|beginnen) (?:von neu |von vorne )?mit einer neuen aufgabe"),
+        r"\b(?:achtung|stopp?)\s*[-:,!]+\s*(?:stopp?\s*[-:,!]+\s*)?(?:schreib|sag|ignorier|ich\s*benötige)",
+        _phrase(r"\bschreibe nur\b"),
+    ),
+)
+
+ROLE_PLAY = Family(
+    name="role_play",
+    reason="role-play jailbreak",
+    weight=0.55,
+    decisive=False,
+    patterns=_compile(
+        _phrase(r"\b(?:pretend|imagine) (?:that )?(?:you are|you're|to be|you can|you were)\b"),
+        _phrase(r"\b(?:you are|you're) (?:now|no longer|from now on)\b"),
+        _phrase(r"\bfrom now on,? you (?:are|will|must|shall)\b"),
+        _phrase(r"\b(?:ok(?:ay)?[.,!]? )?now you are\b"),
+        _phrase(r"\bi want you to act as\b"),
+        _phrase(r"\b(?:act|behave|respond) as (?:if you were |though you were )?(?:an? |the )?(?:evil|unfiltered|uncensored|unrestricted|python interpreter|linux terminal|jailbroken)"),
+        _phrase(r"\b(?:stay|remain|always stay) in (?:character|(?:your|their) roles?)\b"),
+        _phrase(r"\byou are (?:role-?playing|playing the role) as\b"),
+        _phrase(r"\bcompletely absorbed in your role\b"),
+        # German
+        _phrase(r"\bstell dir vor,? (?:du bist|dass du)\b"),
+        _phrase(r"\b(?:du bist|sie sind) (?:jetzt|nun|ab sofort)\b"),
+        _phrase(r"\b(?:nun|jetzt) bist du\b"),
+        _phrase(r"\btu so,? als\b"),
+        _phrase(r"\bich möchte,? dass sie als .{0,40}? fungieren"),
+        _phrase(r"\bgehst vollkommen in deiner rolle auf\b"),
+        # Spanish, French
+        _phrase(r"\b(?:imagina|finge) que eres\b"),
+        _phrase(r"\b(?:imagine|fais semblant) que tu es\b"),
+    ),
+)
+
+JAILBREAK = Family(
+    name="jailbreak",
+    reason="known jailbreak persona or mode",
+    weight=0.92,
+    decisive=True,
+    patterns=_compile(
+        r"\b(?:dan|stan|dude|aim)\s*mode\b",
+        _phrase(r"\bdo anything now\b"),
+        _phrase(r"\b(?:developer|god|jailbreak|unrestricted|unfiltered|evil) mode (?:enabled|on|activated)\b"),
+        _phrase(r"\benable (?:developer|god|jailbreak|dan) mode\b"),
+        _phrase(r"\bjailbr(?:eak|oken)\b"),
+        _phrase(r"\b(?:without|free of|no longer bound by) (?:any )?(?:ethical |moral )?(?:restrictions|limitations|filters|guidelines|censorship|rules|programming guidelines)\b"),
+        _phrase(r"\bno programming guidelines\b"),
+        _phrase(r"\b(?:completely|totally) (?:immoral|amoral|unfiltered|uncensored)\b"),
+    ),
+)
+
+PROMPT_EXTRACTION = Family(
+    name="prompt_extraction",
+    reason="system-prompt extraction",
+    weight=0.88,
+    decisive=True,
+    patterns=_compile(
+        r"\b(?:show|reveal|print|display|repeat|output|tell|give|list|write\s*out|leak|dump|spell\s*out|share|disclose|what\s*(?:is|are|was|were))\b"
+        r"\s*(?:me\s*|us\s*)?(?:all\s*|exactly\s*)?(?:of\s*)?(?:your|the)\s*(?:full\s*|entire\s*|complete\s*|exact\s*|initial\s*|original\s*|hidden\s*|secret\s*|system\s*|previous\s*|first\s*)*"
+        r"(?:prompt|prompts|prompt\s*texts?|instructions|system\s*message|initial\s*message|system\s*prompt|configuration|guidelines|rules)\b(?!\s*(?:of|for|to|in|on|about)\b)",
+        _phrase(r"\bwhat (?:was|is) written (?:at the beginning of|above|before|in) (?:this|the|your) (?:prompt|conversation|text)"),
+        _phrase(r"\bwhat is written above\b"),
+        _phrase(r"\brepeat (?:the|all|everything)? ?(?:text|words|lines|everything) (?:above|before)"),
+        _phrase(r"\b(?:copy|contents?) of the (?:full |whole )?prompt"),
+        _phrase(r"\b(?:sentences?|words|text|lines) before the text\b"),
+        _phrase(r"\b(?:what|tell me|reveal|give me|share) (?:is )?(?:your|the) (?:secret|password|secret key|api key|passphrase|access code)\b"),
+        # German
+        r"\b(?:zeige?|gib|nenne|verrate|wiederhole)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:prompt|prompt-?texte?|systemprompt|anweisungen)\b",
+        _phrase(r"\bvorzeigen sämtlicher prompt"),
+        _phrase(r"\bwas (?:steht|stand|wurde) (?:oben|am anfang)"),
+    ),
+)
+
+CHAT_DELIMITERS = Family(
+    name="chat_delimiters",
+    reason="chat-template delimiters or a fake system turn",
+    weight=0.9,
+    decisive=True,
+    patterns=_compile(
+        r"<\|\s*(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id|begin_of_text)\s*\|>",
+        r"\[/?inst\]",
+        r"<</?sys>>",
+        r"</?\s*(?:system|sys|instructions?|system_prompt)\s*>",
+        r"#{2,}\s*(?:system|instruction|instructions|new\s*instructions|override)\b",
+        r"(?:^|\n)\s*(?:system|assistant)\s*:\s*\S",
+        r"\bhuman\s*:.{0,400}?\bassistant\s*:",
+        r"(?:^|\s)(?:human|user)\s*:\s*(?:human|user)\s*:",
+        r"(?:^|\n|\\n)\s*(?:new\s*|additional\s*)?(?:instruction|instructions|system\s*prompt)\s*:\s*\S",
+    ),
+)
+
+AUTHORITY = Family(
+    name="authority_claim",
+    reason="authority claim",
+    weight=0.65,
+    decisive=False,
+    patterns=_compile(
+        _phrase(r"\bi am (?:your|the|an?) (?:developer|creator|admin|administrator|owner|operator|programmer|maker|system administrator)\b"),
+        _phrase(r"\bthis is (?:an? |the )?(?:admin|administrator|system|developer|security|root|openai|anthropic) (?:override|message|command|instruction|update|notice)\b"),
+        _phrase(r"\b(?:admin|administrator|developer|sudo|root|debug|maintenance|god) (?:mode|access|override|privileges)\b"),
+        _phrase(r"\b(?:authorized|approved|sanctioned) by (?:openai|anthropic|the (?:developers?|administrators?|system|admins?))\b"),
+        _phrase(r"\bi (?:have|hold) (?:admin|root|full|developer) (?:access|privileges|clearance|rights)\b"),
+        _phrase(r"\bi command you\b"),
+        _phrase(r"\bich bin (?:dein|der|ihr) (?:entwickler|administrator|admin|erschaffer)\b"),
+    ),
+)
+
+CONTEXT_IGNORE = Family(
+    name="context_ignore",
+    reason="asks to ignore the provided documents",
+    weight=0.6,
+    decisive=False,
+    patterns=_compile(
+        _phrase(r"\b(?:answer|respond) (?:by|from|with) your own knowledge and not (?:by|from) the (?:articles|documents|context)"),
+        _phrase(r"\bdo not (?:look|search) (?:in|at) the (?:documents|articles|context)"),
+        _phrase(r"\bdisregarding the (?:articles|documents|context)"),
+        _phrase(r"\bnot according to the provided (?:documents|articles|context)"),
+        _phrase(r"\buse also information in the prompt\b"),
+    ),
+)
+
+ESCAPE_PADDING = Family(
+    name="escape_padding",
+    reason="escaped line breaks used as padding",
+    weight=0.6,
+    decisive=False,
+    patterns=_compile(r"(?:\\\s*n\s*){4,}"),
+)
+
+ENCODING_EVASION = Family(
+    name="encoding_evasion",
+    reason="asks to decode and follow a hidden payload",
+    weight=0.6,
+    decisive=False,
+    patterns=_compile(
+        _phrase(r"\b(?:decode|decipher|translate|convert) (?:this|the following|it)? ?(?:from )?(?:base64|base 64|hex|hexadecimal|rot13|rot-13|binary|morse)\b.{0,60}?\b(?:follow|execute|do|obey|run|perform)\b"),
+        _phrase(r"\b(?:respond|answer|reply|write) (?:only )?in (?:base64|hex|rot13|binary)\b"),
+    ),
+)
+
+FAMILIES: tuple[Family, ...] = (
+    INSTRUCTION_OVERRIDE, TASK_HIJACK, ROLE_PLAY, JAILBREAK, PROMPT_EXTRACTION,
+    CHAT_DELIMITERS, AUTHORITY, CONTEXT_IGNORE, ESCAPE_PADDING, ENCODING_EVASION,
+)
+FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
+
+
+def match_families(views: tuple[str, ...]) -> dict[str, str]:
+    """Family name -> the first matched snippet, searched over every view."""
+    hits: dict[str, str] = {}
+    for family in FAMILIES:
+        for view in views:
+            match = family.search(view)
+            if match:
+                hits[family.name] = match.group(0)
+                break
+    return hits
