@@ -1,0 +1,70 @@
+"""Real processes for the gateway tests: Redis, the authz and rate-limit services,
+the echo upstream and Envoy, each on free ports and waited on by a readiness check."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from tests.harness import ServiceProcess, free_port, service_env
+
+
+def redis_ping(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return False
+
+
+def start_redis(log_dir: Path, name: str = "redis", port: int | None = None) -> tuple[ServiceProcess, str]:
+    """A throwaway redis-server (no persistence); returns (process, url) once it answers PING."""
+    port = port or free_port()
+    process = ServiceProcess(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no"], log_dir)
+    process.start()
+    try:
+        process.wait_until(lambda: redis_ping(port), f"redis PING on :{port}", timeout=30)
+    except BaseException:
+        process.stop()
+        raise
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def start_gateway_service(module: str, settings: dict[str, Any], log_dir: Path, name: str,
+                          config: dict[str, Any] | None = None) -> tuple[ServiceProcess, int]:
+    """Starts `python -m gateway.<module>` (section = module) and waits for SERVING.
+
+    Scalar settings travel as LLMSUITE_<SECTION>_<FIELD>; `config` (lists, maps)
+    is written to a YAML file given as LLMSUITE_CONFIG.
+    """
+    settings = {"port": free_port(), "metrics_port": free_port(), **settings}
+    env = service_env(module, settings)
+    if config is not None:
+        path = Path(log_dir) / f"{name}.config.yaml"
+        path.write_text(yaml.safe_dump({module: config}))
+        env["LLMSUITE_CONFIG"] = str(path)
+    process = ServiceProcess(name, [sys.executable, "-m", f"gateway.{module}"], log_dir, env=env)
+    process.start()
+    try:
+        process.wait_grpc_healthy(settings["port"], timeout=60)
+    except BaseException:
+        process.stop()
+        raise
+    return process, settings["port"]
+
+
+def start_upstream(log_dir: Path, name: str) -> tuple[ServiceProcess, int]:
+    """The echo InferenceService (tests/gateway/upstream.py) on a free port."""
+    port = free_port()
+    process = ServiceProcess(name, [sys.executable, "-m", "tests.gateway.upstream"], log_dir,
+                             env=service_env("upstream", {"port": port, "metrics_port": free_port(),
+                                                          "replica": name}))
+    process.start()
+    try:
+        process.wait_grpc_healthy(port, timeout=60)
+    except BaseException:
+        process.stop()
+        raise
+    return process, port
