@@ -1,0 +1,181 @@
+"""Triton Python-backend model shared by the `light` and `full` stand-ins.
+
+It speaks the TensorRT-LLM `inflight_batcher_llm` ensemble interface (see
+models/cpu/README.md) as a decoupled model, so the generation service runs the same
+code against this CPU repository and a TensorRT-LLM deployment. The text comes from
+standin/text.py: deterministic, meaningless, for development and tests only.
+
+Each request runs on its own thread (decoupled models answer from any thread), one
+token per `token_delay_ms`, checking for cancellation before every token so a caller
+that goes away stops the work. Every request ends with the final flag, errors too.
+"""
+
+import json
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from .text import Sampling, StopScanner, count_tokens, pieces
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class RequestError(Exception):
+    """A request the model cannot run; the message goes back to the caller."""
+
+    def __init__(self, message: str, code=None):
+        super().__init__(message)
+        self.code = pb_utils.TritonError.INVALID_ARG if code is None else code
+
+
+def _parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _scalar(request, name: str, default):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    values = tensor.as_numpy().reshape(-1)
+    if values.size != 1:
+        raise RequestError(f"input '{name}' must hold one value, got {values.size}")
+    value = values[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
+
+
+def _strings(request, name: str) -> list[str]:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return []
+    return [value.decode("utf-8") for value in tensor.as_numpy().reshape(-1) if value]
+
+
+def _response(text: str, input_tokens: int | None, output_tokens: int | None):
+    tensors = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_))]
+    if input_tokens is not None:
+        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[input_tokens]], dtype=np.int32)))
+    if output_tokens is not None:
+        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[output_tokens]], dtype=np.int32)))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.model = args["model_name"]
+        self.token_delay_s = float(_parameter(config, "token_delay_ms", "1")) / 1000
+        low, high = _parameter(config, "answer_tokens", "16-64").split("-")
+        self.length_range = (int(low), int(high))
+        self.max_input_tokens = int(_parameter(config, "max_input_tokens", "4096"))
+        self.log = pb_utils.Logger
+        self._active = 0
+        self._idle = threading.Condition()
+        self._stopping = False
+        # The families must outlive their metrics, so they are kept on the model.
+        self._active_family = pb_utils.MetricFamily(
+            name="llmsuite_standin_active_requests",
+            description="Requests the stand-in model is generating for now",
+            kind=pb_utils.MetricFamily.GAUGE)
+        self._finished_family = pb_utils.MetricFamily(
+            name="llmsuite_standin_requests_total",
+            description="Requests the stand-in model finished, by outcome (completed, cancelled, error)",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self._active_metric = self._active_family.Metric(labels={"model": self.model})
+        self._finished = {outcome: self._finished_family.Metric(labels={"model": self.model, "outcome": outcome})
+                          for outcome in ("completed", "cancelled", "error")}
+
+    def execute(self, requests):
+        for request in requests:
+            with self._idle:
+                self._active += 1
+                self._active_metric.set(self._active)
+            threading.Thread(target=self._run, args=(request,), daemon=True).start()
+        return None
+
+    def finalize(self) -> None:
+        # Running generations end early with UNAVAILABLE (they check _stopping);
+        # waiting for them means every caller gets its final response.
+        with self._idle:
+            self._stopping = True
+            self._idle.wait_for(lambda: self._active == 0, timeout=30)
+
+    def _run(self, request) -> None:
+        sender = request.get_response_sender()
+        final = None
+        try:
+            final = self._generate(request, sender)
+            outcome = "completed" if final is not None else "cancelled"
+        except RequestError as err:
+            outcome = "error"
+            final = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), err.code))
+        except Exception as err:  # a bug here must still end the caller's stream
+            if request.is_cancelled():  # sending to a cancelled request fails
+                outcome = "cancelled"
+            else:
+                outcome = "error"
+                self.log.log_error(f"{self.model}: generation failed: {err!r}")
+                final = pb_utils.InferenceResponse(error=pb_utils.TritonError("stand-in generation failed"))
+        try:
+            # The final flag travels with the last response, as TensorRT-LLM sends it:
+            # tritonclient's asyncio API cannot ask for an empty final response.
+            if final is None:
+                sender.send(flags=FINAL)
+            else:
+                sender.send(final, flags=FINAL)
+        except pb_utils.TritonModelException as err:
+            self.log.log_warn(f"{self.model}: could not send the final response: {err}")
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._active_metric.set(self._active)
+                self._finished[outcome].increment(1)
+                self._idle.notify_all()
+
+    def _generate(self, request, sender):
+        """Streams the answer; returns the last response, or None when cancelled."""
+        prompt = _scalar(request, "text_input", "")
+        max_tokens = _scalar(request, "max_tokens", None)
+        if not prompt.strip():
+            raise RequestError("text_input is empty")
+        if max_tokens is None or max_tokens < 1:
+            raise RequestError("max_tokens must be at least 1")
+        input_tokens = count_tokens(prompt)
+        if input_tokens > self.max_input_tokens:
+            raise RequestError(f"text_input has {input_tokens} tokens; this model takes at most {self.max_input_tokens}")
+        stream = bool(_scalar(request, "stream", False))
+        sampling = Sampling(
+            temperature=float(_scalar(request, "temperature", 0.0)),
+            top_p=float(_scalar(request, "top_p", 1.0)),
+            top_k=int(_scalar(request, "top_k", 0)),
+            seed=int(_scalar(request, "seed", 0)),
+        )
+        counts_in = bool(_scalar(request, "return_num_input_tokens", False))
+        counts_out = bool(_scalar(request, "return_num_output_tokens", False))
+        scanner = StopScanner(_strings(request, "stop_words"))
+        bad_words = _strings(request, "bad_words")
+
+        produced = 0
+        text: list[str] = []
+        for piece in pieces(self.model, prompt, sampling, self.length_range, bad_words):
+            if produced == max_tokens:
+                break
+            if request.is_cancelled():
+                return None
+            if self._stopping:
+                raise RequestError("the model is shutting down; retry", pb_utils.TritonError.UNAVAILABLE)
+            time.sleep(self.token_delay_s)  # stands in for one decoding step
+            produced += 1
+            delta, stopped = scanner.push(piece)
+            if not stream:
+                text.append(delta)
+            elif delta:
+                sender.send(_response(delta, None, None))
+            if stopped:
+                break
+        text.append(scanner.flush())
+        # The last response carries the rest of the text (all of it when not
+        # streaming) and the token counts.
+        return _response("".join(text), input_tokens if counts_in else None,
+                         produced if counts_out else None)

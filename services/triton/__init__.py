@@ -1,0 +1,1 @@
+"""Runs the Triton Inference Server that nvidia-pytriton carries on a model repository."""
