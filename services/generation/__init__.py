@@ -1,0 +1,1 @@
+"""GenerationService: model registry and streaming generation on Triton."""

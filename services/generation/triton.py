@@ -1,0 +1,227 @@
+"""Generation on Triton through the TensorRT-LLM ensemble interface.
+
+Decoupled models answer only on Triton's bidirectional ModelStreamInfer RPC, so
+every request, streaming or not, is one `stream_infer` call carrying one request.
+All calls share one client, one channel, one HTTP/2 connection. A call per request
+(rather than one long-lived stream for all) is what makes cancellation work: ending
+the call is how a gRPC client tells Triton to cancel the request.
+"""
+
+import asyncio
+import codecs
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput
+from tritonclient.utils import InferenceServerException
+
+from services.common.channels import CHANNEL_OPTIONS
+from services.common.context import REQUEST_ID_HEADER, request_id_var
+from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from services.common.resilience import CircuitBreaker, retry_delays
+from services.generation import metrics
+from services.generation.config import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Phrases in Triton's per-request errors that mean "try again later" rather than
+# "this request is wrong": the model is missing, loading or shutting down.
+_UNAVAILABLE_HINTS = ("unknown model", "is not found", "not ready", "unavailable", "shutting down")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding parameters as sent to Triton; None leaves the model's default."""
+
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One Triton response: text since the previous one; counts on the final one."""
+
+    text: str
+    final: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    model_version: str
+
+
+class TritonUnavailable(Exception):
+    """Triton could not be reached; safe to retry when no token was produced yet."""
+
+
+def _tensor(name: str, datatype: str, value: np.ndarray) -> InferInput:
+    tensor = InferInput(name, list(value.shape), datatype)
+    tensor.set_data_from_numpy(value)
+    return tensor
+
+
+def build_inputs(prompt: str, sampling: Sampling, stream: bool) -> list[InferInput]:
+    """Inputs of the ensemble interface; every tensor has the batch dimension (1)."""
+    inputs = [
+        _tensor("text_input", "BYTES", np.array([[prompt.encode("utf-8")]], dtype=np.object_)),
+        _tensor("max_tokens", "INT32", np.array([[sampling.max_tokens]], dtype=np.int32)),
+        _tensor("stream", "BOOL", np.array([[stream]], dtype=bool)),
+        _tensor("return_num_input_tokens", "BOOL", np.array([[True]], dtype=bool)),
+        _tensor("return_num_output_tokens", "BOOL", np.array([[True]], dtype=bool)),
+    ]
+    if sampling.temperature is not None:
+        inputs.append(_tensor("temperature", "FP32", np.array([[sampling.temperature]], dtype=np.float32)))
+    if sampling.top_p is not None:
+        inputs.append(_tensor("top_p", "FP32", np.array([[sampling.top_p]], dtype=np.float32)))
+    if sampling.top_k is not None:
+        inputs.append(_tensor("top_k", "INT32", np.array([[sampling.top_k]], dtype=np.int32)))
+    if sampling.seed is not None:
+        inputs.append(_tensor("seed", "UINT64", np.array([[sampling.seed]], dtype=np.uint64)))
+    if sampling.stop:
+        words = np.array([[word.encode("utf-8") for word in sampling.stop]], dtype=np.object_)
+        inputs.append(_tensor("stop_words", "BYTES", words))
+    return inputs
+
+
+def _first(result, name: str) -> np.ndarray | None:
+    values = result.as_numpy(name)
+    return None if values is None or values.size == 0 else values.reshape(-1)
+
+
+def model_error(model: str, message: str) -> ServiceError:
+    """Maps a per-request error Triton sent back to what our caller should see."""
+    short = message.strip().splitlines()[0][:300] if message.strip() else "no details"
+    if any(hint in message.lower() for hint in _UNAVAILABLE_HINTS):
+        return Unavailable(f"model '{model}' is not available in Triton right now: {short}",
+                           reason="MODEL_UNAVAILABLE", retry_after_s=1.0)
+    return InvalidArgument(f"model '{model}' rejected the request: {short}", reason="MODEL_REJECTED")
+
+
+class TritonGenerator:
+    """Runs generations on one Triton endpoint, with retries and a circuit breaker."""
+
+    def __init__(self, url: str, *, retry_attempts: int = 3, retry_base_s: float = 0.05,
+                 breaker: CircuitBreaker | None = None):
+        self.url = url
+        self._retry_attempts = retry_attempts
+        self._retry_base_s = retry_base_s
+        self.breaker = breaker or CircuitBreaker()
+        self._client: triton_aio.InferenceServerClient | None = None
+
+    @property
+    def client(self) -> triton_aio.InferenceServerClient:
+        # Created on first use so that it binds to the running event loop.
+        if self._client is None:
+            self._client = triton_aio.InferenceServerClient(self.url, channel_args=CHANNEL_OPTIONS)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def generate(self, name: str, spec: ModelSpec, prompt: str, sampling: Sampling, *,
+                       stream: bool, deadline: float) -> AsyncIterator[Chunk]:
+        """Yields Triton's responses until the final one.
+
+        `deadline` is a loop.time() instant. Unavailability is retried with backoff
+        until the first response only: after that, text has reached the caller and
+        a retry would repeat it.
+        """
+        loop = asyncio.get_running_loop()
+        delays = retry_delays(self._retry_attempts, self._retry_base_s)
+        while True:
+            if not self.breaker.allow():
+                metrics.BREAKER_OPEN.set(1)
+                raise Unavailable("Triton is unavailable (circuit breaker open); retry later",
+                                  reason="TRITON_UNAVAILABLE", retry_after_s=max(self.breaker.retry_after_s(), 0.1))
+            started = False
+            try:
+                async for chunk in self._attempt(spec, prompt, sampling, stream, deadline - loop.time()):
+                    if not started:
+                        started = True
+                        self.breaker.record_success()
+                        metrics.BREAKER_OPEN.set(0)
+                    yield chunk
+                return
+            except TritonUnavailable as err:
+                self.breaker.record_failure()
+                metrics.BREAKER_OPEN.set(int(self.breaker.state != CircuitBreaker.CLOSED))
+                delay = None if started else next(delays, None)
+                if delay is None or loop.time() + delay >= deadline:
+                    raise Unavailable("Triton is unavailable; retry later", reason="TRITON_UNAVAILABLE",
+                                      retry_after_s=max(self.breaker.retry_after_s(), 1.0)) from err
+                log.info("Triton unavailable (%s); retrying in %.3fs", err, delay)
+                metrics.TRITON_RETRIES.labels(name).inc()
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, spec: ModelSpec, prompt: str, sampling: Sampling, stream: bool,
+                       timeout_s: float) -> AsyncIterator[Chunk]:
+        if timeout_s <= 0:
+            raise DeadlineExceeded("the deadline passed before Triton was called")
+        request = {
+            "model_name": spec.triton_model,
+            "model_version": spec.version,
+            "inputs": build_inputs(prompt, sampling, stream),
+            "request_id": request_id_var.get(),
+        }
+
+        async def one_request():
+            yield request
+
+        responses = self.client.stream_infer(one_request(), stream_timeout=timeout_s,
+                                             headers={REQUEST_ID_HEADER: request_id_var.get()})
+        # Token boundaries need not fall on character boundaries.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise model_error(spec.triton_model, error.message())
+                response = result.get_response()
+                final = response.parameters["triton_final_response"].bool_param
+                text = _first(result, "text_output")
+                input_tokens = _first(result, "num_input_tokens")
+                output_tokens = _first(result, "num_output_tokens")
+                yield Chunk(
+                    text=decoder.decode(text[0] if text is not None else b"", final=final),
+                    final=final,
+                    input_tokens=int(input_tokens[0]) if input_tokens is not None else None,
+                    output_tokens=int(output_tokens[0]) if output_tokens is not None else None,
+                    model_version=response.model_version,
+                )
+                if final:
+                    return
+            raise Unavailable("Triton ended the stream without a final response", retry_after_s=1.0)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise TritonUnavailable(err.details()) from None
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded("Triton did not finish within the deadline") from None
+            log.warning("Triton call failed: %s %s", err.code().name, err.details())
+            raise Unavailable("Triton failed the request; retry later", reason="TRITON_ERROR",
+                              retry_after_s=1.0) from None
+        finally:
+            # Ending the call is how Triton learns that nobody waits for this
+            # request any more (our caller left, or we are done); it then cancels it.
+            responses.cancel()
+
+    async def model_status(self, spec: ModelSpec, timeout_s: float) -> tuple[bool, str]:
+        """(ready, version) as Triton reports them; (False, configured version) if unreachable."""
+        try:
+            ready = await self.client.is_model_ready(spec.triton_model, spec.version, client_timeout=timeout_s)
+            if not ready:
+                return False, spec.version
+            if spec.version:
+                return True, spec.version
+            metadata = await self.client.get_model_metadata(spec.triton_model, client_timeout=timeout_s)
+            versions: Sequence[str] = metadata.versions
+            return True, max(versions, key=int) if versions else ""
+        except InferenceServerException as err:
+            log.debug("readiness of %s unknown: %s", spec.triton_model, err)
+            return False, spec.version
