@@ -1,7 +1,12 @@
 """Renders gateway/envoy.yaml.j2 for given ports and upstream addresses.
 
     python -m gateway.render --out build/envoy.yaml [--listen-port 8080] \
-        [--upstream router=127.0.0.1:50051 ...]
+        [--upstream router=127.0.0.1:50051 ...] \
+        [--edge-security [--authz HOST:PORT,...] [--ratelimit HOST:PORT,...] [--jwks FILE]] \
+        [--descriptor-set gen/llmsuite.pb] [--stats-port 9902]
+
+Without --edge-security the edge is open (development and the skeleton tests):
+client-sent identity headers are still stripped, so services see the default tenant.
 """
 
 import argparse
@@ -23,6 +28,16 @@ ROUTES = [
     ("/grpc.reflection.", "router", "10s", "10s"),
 ]
 
+# Client-streaming methods: their requests must not be buffered (see the buffer
+# filter in the template). tests/gateway checks this list against the protos.
+STREAMING_REQUEST_METHODS = [
+    ("/llmsuite.guardrails.v1.GuardrailsService/CheckOutputStream", "guardrails", "30s", "120s"),
+    ("/llmsuite.retrieval.v1.RetrievalService/UpsertStream", "retrieval", "120s", "600s"),
+]
+
+# Services served as HTTP/JSON (and SSE for server streams) by the transcoder.
+JSON_SERVICES = ["llmsuite.inference.v1.InferenceService"]
+
 DEFAULT_UPSTREAMS = {
     "router": ["127.0.0.1:50051"],
     "guardrails": ["127.0.0.1:50052"],
@@ -32,12 +47,54 @@ DEFAULT_UPSTREAMS = {
 
 
 @dataclass
+class Jwt:
+    """JWTs for service-to-service callers, verified by Envoy against a local JWKS."""
+
+    jwks_path: str
+    issuer: str = "llmsuite"
+    audiences: list[str] = field(default_factory=lambda: ["llmsuite-edge"])
+
+
+@dataclass
+class EdgeSecurity:
+    """Authentication (gateway/authz) and global rate limits (gateway/ratelimit)."""
+
+    authz: list[str] = field(default_factory=lambda: ["127.0.0.1:50061"])
+    # Empty: no global rate limits (the local safety valve still applies).
+    ratelimit: list[str] = field(default_factory=lambda: ["127.0.0.1:50062"])
+    ratelimit_domain: str = "llmsuite"
+    # Envoy's answer when the limiter cannot be reached; match gateway/ratelimit's failure_mode.
+    ratelimit_fail_closed: bool = False
+    jwt: Jwt | None = None
+
+
+@dataclass
+class LocalRateLimit:
+    """Token bucket per Envoy instance, a safety valve in front of everything else:
+    `tokens_per_fill` every `fill_interval`, at most `burst` saved up."""
+
+    tokens_per_fill: int = 1000
+    fill_interval: str = "1s"
+    burst: int = 2000
+
+
+@dataclass
 class EnvoyParams:
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
     admin_port: int = 9901
     health_interval: str = "2s"
     upstreams: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_UPSTREAMS.items()})
+    # None: an open edge (no authentication, no global rate limits).
+    security: EdgeSecurity | None = None
+    # Descriptor set (gen/llmsuite.pb from `make proto`) for HTTP/JSON; None: gRPC only.
+    descriptor_set: str | None = None
+    # Listener serving only /stats/prometheus and /ready from the loopback admin; None: off.
+    stats_port: int | None = None
+    local_rate_limit: LocalRateLimit = field(default_factory=LocalRateLimit)
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_connections: int = 10_000
+    max_heap_bytes: int = 1024 * 1024 * 1024
 
 
 def _endpoints(addresses: list[str]) -> list[tuple[str, int]]:
@@ -54,14 +111,32 @@ def render(params: EnvoyParams) -> str:
     missing = {cluster for _, cluster, _, _ in ROUTES} - set(params.upstreams)
     if missing:
         raise ValueError(f"no upstream addresses for: {', '.join(sorted(missing))}")
+    clusters = dict(params.upstreams)
+    security = params.security
+    if security is not None:
+        if not security.authz:
+            raise ValueError("edge security needs at least one authz address")
+        clusters["authz"] = security.authz
+        if security.ratelimit:
+            clusters["ratelimit"] = security.ratelimit
     template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return template.render(
+        security=security,
+        transcoder={"descriptor_set": params.descriptor_set, "services": JSON_SERVICES}
+        if params.descriptor_set else None,
+        stats_port=params.stats_port,
+        local_rate_limit=params.local_rate_limit,
+        max_request_bytes=params.max_request_bytes,
+        max_connections=params.max_connections,
+        max_heap_bytes=params.max_heap_bytes,
+        streaming_request_routes=[{"path": p, "cluster": c, "timeout": t, "max_duration": d}
+                                  for p, c, t, d in STREAMING_REQUEST_METHODS],
         listen_host=params.listen_host,
         listen_port=params.listen_port,
         admin_port=params.admin_port,
         health_interval=params.health_interval,
         routes=[{"prefix": p, "cluster": c, "timeout": t, "max_duration": d} for p, c, t, d in ROUTES],
-        clusters=[{"name": name, "endpoints": _endpoints(addresses)} for name, addresses in params.upstreams.items()],
+        clusters=[{"name": name, "endpoints": _endpoints(addresses)} for name, addresses in clusters.items()],
     )
 
 
@@ -86,8 +161,22 @@ def main() -> None:
     parser.add_argument("--listen-port", type=int, default=8080)
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--upstream", action="append", default=[], metavar="CLUSTER=HOST:PORT[,HOST:PORT]")
+    parser.add_argument("--edge-security", action="store_true", help="authenticate and rate-limit at the edge")
+    parser.add_argument("--authz", default="127.0.0.1:50061", metavar="HOST:PORT[,HOST:PORT]")
+    parser.add_argument("--ratelimit", default="127.0.0.1:50062", metavar="HOST:PORT[,...]",
+                        help="empty string: no global rate limits")
+    parser.add_argument("--ratelimit-fail-closed", action="store_true")
+    parser.add_argument("--jwks", help="local JWKS file: accept JWTs from service callers")
+    parser.add_argument("--descriptor-set", help="descriptor set for HTTP/JSON (gen/llmsuite.pb)")
+    parser.add_argument("--stats-port", type=int, help="listener for Prometheus (/stats/prometheus)")
     args = parser.parse_args()
-    params = EnvoyParams(listen_host=args.listen_host, listen_port=args.listen_port, admin_port=args.admin_port)
+    params = EnvoyParams(listen_host=args.listen_host, listen_port=args.listen_port, admin_port=args.admin_port,
+                         descriptor_set=args.descriptor_set, stats_port=args.stats_port)
+    if args.edge_security:
+        params.security = EdgeSecurity(
+            authz=args.authz.split(","), ratelimit=[a for a in args.ratelimit.split(",") if a],
+            ratelimit_fail_closed=args.ratelimit_fail_closed,
+            jwt=Jwt(jwks_path=args.jwks) if args.jwks else None)
     for item in args.upstream:
         name, _, addresses = item.partition("=")
         params.upstreams[name] = addresses.split(",")

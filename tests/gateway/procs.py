@@ -8,7 +8,8 @@ from typing import Any
 import redis
 import yaml
 
-from tests.harness import ServiceProcess, free_port, service_env
+from gateway.render import EnvoyParams, envoy_binary, render
+from tests.harness import REPO, ServiceProcess, free_port, service_env
 
 
 def redis_ping(port: int) -> bool:
@@ -68,3 +69,38 @@ def start_upstream(log_dir: Path, name: str) -> tuple[ServiceProcess, int]:
         process.stop()
         raise
     return process, port
+
+
+def descriptor_set(out_dir: Path) -> Path:
+    """The protos' descriptor set, built from protos/ so it always matches them."""
+    from grpc_tools import protoc
+
+    out = Path(out_dir) / "llmsuite.pb"
+    protos = sorted(str(p.relative_to(REPO / "protos")) for p in (REPO / "protos").rglob("*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    code = protoc.main(["protoc", f"-I{REPO / 'protos'}", f"-I{include}", "--include_imports",
+                        f"--descriptor_set_out={out}", *protos])
+    assert code == 0, "protoc failed to build the descriptor set"
+    return out
+
+
+def start_envoy(params: EnvoyParams, log_dir: Path, name: str = "envoy") -> ServiceProcess:
+    """Envoy on `params`; ready once gRPC health through its listener says SERVING
+    (which needs a healthy upstream, and authz when edge security is on)."""
+    config = Path(log_dir) / f"{name}.yaml"
+    config.write_text(render(params))
+    # Hot restart off: several Envoys (other tests, a running stack) share the machine.
+    process = ServiceProcess(name, [str(envoy_binary()), "-c", str(config), "--log-level", "warn",
+                                    "--disable-hot-restart"], log_dir)
+    process.start()
+    try:
+        process.wait_grpc_healthy(params.listen_port, timeout=60)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+def placeholder_upstreams() -> dict[str, list[str]]:
+    """Addresses for the clusters a test does not use: nothing listens there."""
+    return {name: [f"127.0.0.1:{free_port()}"] for name in ("router", "guardrails", "retrieval", "generation")}
