@@ -95,6 +95,12 @@ def triton_command(model_repository: Path, grpc_port: int, http_port: int, metri
         f"--http-port={http_port}",
         f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
+        # Accept the keepalive pings the suite's clients send every 20 s on idle
+        # connections (services/common/channels.py); Triton's defaults would
+        # answer them with GOAWAY and drop the connection.
+        "--grpc-keepalive-permit-without-calls=true",
+        "--grpc-http2-min-recv-ping-interval-without-data=10000",
+        "--grpc-http2-max-pings-without-data=0",
         "--allow-metrics=true",
         # No GPU here; without this Triton logs NVML/DCGM errors at start.
         "--allow-gpu-metrics=false",
