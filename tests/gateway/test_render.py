@@ -1,0 +1,96 @@
+"""The rendered Envoy config: filter order, security switches, and Envoy accepts it."""
+
+import subprocess
+
+import pytest
+import yaml
+from llmsuite.generation.v1 import generation_pb2
+from llmsuite.guardrails.v1 import guardrails_pb2
+from llmsuite.inference.v1 import inference_pb2
+from llmsuite.retrieval.v1 import retrieval_pb2
+
+from gateway.render import STREAMING_REQUEST_METHODS, EdgeSecurity, EnvoyParams, Jwt, envoy_binary, render
+from tests.gateway.procs import descriptor_set
+
+FULL_ORDER = [
+    "envoy.filters.http.header_mutation",
+    "envoy.filters.http.local_ratelimit",
+    "envoy.filters.http.jwt_authn",
+    "envoy.filters.http.ext_authz",
+    "envoy.filters.http.ratelimit",
+    "envoy.filters.http.buffer",
+    "envoy.filters.http.grpc_json_transcoder",
+    "envoy.filters.http.router",
+]
+
+
+def edge_listener(config: dict) -> dict:
+    listener = next(l for l in config["static_resources"]["listeners"] if l["name"] == "edge")
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def filters(config: dict) -> list[str]:
+    return [f["name"] for f in edge_listener(config)["http_filters"]]
+
+
+def full_params(tmp_path) -> EnvoyParams:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}')
+    return EnvoyParams(listen_port=18080, admin_port=19901, stats_port=19902,
+                       security=EdgeSecurity(authz=["a1:50061", "a2:50061"], ratelimit=["r1:50062"],
+                                             jwt=Jwt(jwks_path=str(jwks))),
+                       descriptor_set=str(descriptor_set(tmp_path)))
+
+
+def test_client_streaming_methods_match_the_protos():
+    streaming = set()
+    for module in (generation_pb2, guardrails_pb2, inference_pb2, retrieval_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            streaming |= {f"/{service.full_name}/{m.name}" for m in service.methods if m.client_streaming}
+    assert {path for path, *_ in STREAMING_REQUEST_METHODS} == streaming
+
+
+def test_full_edge_filter_order_and_envoy_accepts_it(tmp_path):
+    text = render(full_params(tmp_path))
+    config = yaml.safe_load(text)
+    assert filters(config) == FULL_ORDER
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert {"authz", "ratelimit", "envoy_admin"} <= set(clusters)
+    assert len(clusters["authz"]["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
+    assert all(clusters[name]["lb_policy"] == "LEAST_REQUEST" and "outlier_detection" in clusters[name]
+               for name in ("router", "guardrails", "retrieval", "generation"))
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_open_edge_still_strips_identity_headers():
+    config = yaml.safe_load(render(EnvoyParams()))
+    names = filters(config)
+    assert "envoy.filters.http.ext_authz" not in names and "envoy.filters.http.ratelimit" not in names
+    mutation = edge_listener(config)["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
+    assert {m["remove"] for m in mutation} == {"x-llmsuite-tenant", "x-llmsuite-key-id", "x-llmsuite-scopes"}
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+def test_ratelimit_failure_mode(fail_closed):
+    config = yaml.safe_load(render(EnvoyParams(security=EdgeSecurity(ratelimit_fail_closed=fail_closed))))
+    ratelimit = next(f for f in edge_listener(config)["http_filters"] if f["name"] == "envoy.filters.http.ratelimit")
+    assert ratelimit["typed_config"]["failure_mode_deny"] is fail_closed
+
+
+def test_no_global_ratelimit_without_limiter_addresses():
+    config = yaml.safe_load(render(EnvoyParams(security=EdgeSecurity(ratelimit=[]))))
+    assert "envoy.filters.http.ratelimit" not in filters(config)
+    assert "rate_limits" not in edge_listener(config)["route_config"]["virtual_hosts"][0]
+
+
+def test_streaming_request_routes_come_first_and_skip_buffering():
+    routes = edge_listener(yaml.safe_load(render(EnvoyParams())))["route_config"]["virtual_hosts"][0]["routes"]
+    first = routes[:len(STREAMING_REQUEST_METHODS)]
+    assert [r["match"]["path"] for r in first] == [p for p, *_ in STREAMING_REQUEST_METHODS]
+    assert all(r["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] for r in first)
+    assert all("retry_policy" in r["route"] for r in routes)
