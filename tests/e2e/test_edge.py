@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,6 @@ from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.router.prompt import render
 from services.router.validation import Turn
 from tests.harness import (
-    REPO,
     ServiceProcess,
     assert_grpc_error,
     free_port,
@@ -110,7 +110,7 @@ def test_router_is_not_serving_until_generation_is(tmp_path):
 
 
 def test_cli_streams_an_answer_through_envoy(edge):
-    result = subprocess.run([str(REPO / ".venv/bin/llmsuite"), "generate", "Say hello to the operators",
+    result = subprocess.run([str(Path(sys.executable).parent / "llmsuite"), "generate", "Say hello to the operators",
                              "--target", edge, "--max-tokens", "12"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
