@@ -1,0 +1,1 @@
+"""Retrieval service: tenant-owned document collections on Qdrant, dense/sparse/hybrid search, embeddings."""
