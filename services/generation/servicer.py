@@ -63,7 +63,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 async for chunk in chunks:
                     if first_at is None:
                         first_at = time.perf_counter()
-                        metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(first_at - started)
+                        # Without streaming the first response is the whole answer.
+                        if stream:
+                            metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(first_at - started)
                     self._account(chunk, progress)
                     if chunk.text:
                         progress.parts.append(chunk.text)
@@ -80,7 +82,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
             if not error_type:
                 metrics.TOKEN_USAGE.labels(job.model, "input").observe(progress.input_tokens)
                 metrics.TOKEN_USAGE.labels(job.model, "output").observe(progress.output_tokens)
-                if first_at is not None and progress.output_tokens > 1:
+                if stream and first_at is not None and progress.output_tokens > 1:
                     metrics.TIME_PER_OUTPUT_TOKEN.labels(job.model).observe(
                         (time.perf_counter() - first_at) / (progress.output_tokens - 1))
 

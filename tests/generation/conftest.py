@@ -1,6 +1,5 @@
 """One real Triton (CPU stand-ins) and one generation service for the whole session."""
 
-import re
 import sys
 from pathlib import Path
 
@@ -8,21 +7,12 @@ import grpc
 import pytest
 from llmsuite.generation.v1 import generation_pb2_grpc
 
+from tests.generation.support import MAX_PROMPT_CHARS
 from tests.harness import REPO, free_port
-from tests.stack_fixtures import CPU_MODEL_REPOSITORY, start_generation, start_triton
+from tests.stack_fixtures import start_generation, start_triton
 
 # The stand-ins' text generator, to know the exact answer a model must return.
 sys.path.insert(0, str(REPO / "models" / "cpu"))
-
-# Small enough that the over-limit test sends little data.
-MAX_PROMPT_CHARS = 2000
-
-
-def standin_answer_range(model: str) -> tuple[int, int]:
-    """The model's natural answer length range, as its config.pbtxt sets it."""
-    config = (CPU_MODEL_REPOSITORY / "repository" / model / "config.pbtxt").read_text()
-    low, high = re.search(r'key: "answer_tokens" value: \{ string_value: "(\d+)-(\d+)" \}', config).groups()
-    return int(low), int(high)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 from llmsuite.generation.v1 import generation_pb2 as pb, generation_pb2_grpc
 
-from tests.generation.test_service import poll
+from tests.generation.support import poll
 from tests.harness import ServiceProcess, assert_grpc_error, free_port, grpc_health_status, service_env
 from tests.stack_fixtures import start_generation, start_triton
 
@@ -58,6 +58,8 @@ def test_not_serving_until_triton_is_up_and_models_warm(log_dir):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             assert_unavailable(stub)
+            models = stub.ListModels(pb.ListModelsRequest(), timeout=5).models
+            assert [model.ready for model in models] == [False, False]
             assert grpc_health_status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
 
             triton, _ = start_triton(log_dir, name="triton-late", **triton_ports)

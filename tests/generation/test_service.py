@@ -1,17 +1,13 @@
 """The generation service on a real Triton: answers, streams, errors, cancellation."""
 
-import time
-import urllib.request
-
 import grpc
 import pytest
 from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 from llmsuite.generation.v1 import generation_pb2 as pb
-from prometheus_client.parser import text_string_to_metric_families
 from standin.text import Sampling, complete, count_tokens, natural_length
 
-from tests.generation.conftest import MAX_PROMPT_CHARS, standin_answer_range
+from tests.generation.support import MAX_PROMPT_CHARS, poll, scrape, standin_answer_range
 from tests.harness import assert_grpc_error
 
 pytestmark = pytest.mark.integration
@@ -21,25 +17,6 @@ PROMPT = "What does the generation service do with a prompt?"
 
 def expected(model: str, prompt: str, max_tokens: int, sampling: Sampling = Sampling(), stop=()):
     return complete(model, prompt, max_tokens, sampling, standin_answer_range(model), stop)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """Prometheus samples at `url` as {(name, sorted labels): value}."""
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def poll(condition, what: str, timeout: float = 10.0):
-    """Polls `condition()` until it returns a truthy value; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)  # poll interval; the condition decides
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def field_violations(err: grpc.RpcError) -> list[str]:
@@ -186,7 +163,8 @@ def test_cancelling_a_stream_cancels_the_triton_request(stub, triton):
 
 
 def test_generation_metrics_use_genai_names(stub, generation_metrics_port):
-    stub.Generate(pb.GenerateRequest(model="light", prompt=PROMPT, sampling=pb.SamplingParams(max_tokens=3)), timeout=10)
+    list(stub.GenerateStream(pb.GenerateStreamRequest(model="light", prompt=PROMPT,
+                                                      sampling=pb.SamplingParams(max_tokens=3)), timeout=10))
     samples = scrape(f"http://127.0.0.1:{generation_metrics_port}/metrics")
     model = ("gen_ai_request_model", "light")
     assert samples[("gen_ai_server_time_to_first_token_seconds_count", (model,))] >= 1
