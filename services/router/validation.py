@@ -5,12 +5,12 @@ so a caller can fix the request without reading server logs.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmsuite.inference.v1 import inference_pb2
 
 from services.common.errors import InvalidArgument
-from services.router.config import RouterSettings
+from services.router.config import RouterSettings, TenantSettings
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
@@ -48,10 +48,11 @@ class InferenceRequest:
     retrieval_collection: str = ""
     retrieval_top_k: int = 0
     retrieval_score_threshold: float | None = None
-    extras: dict = field(default_factory=dict)
+    # True when the request used `prompt` rather than `messages` (for error fields).
+    from_prompt: bool = False
 
 
-def _turns(request, settings: RouterSettings) -> tuple[Turn, ...]:
+def _turns(request, settings: RouterSettings, allow_system: bool) -> tuple[Turn, ...]:
     if request.prompt and request.messages:
         raise InvalidArgument("set either prompt or messages, not both", field="prompt")
     if len(request.messages) > settings.max_messages:
@@ -66,7 +67,7 @@ def _turns(request, settings: RouterSettings) -> tuple[Turn, ...]:
             if role is None:
                 raise InvalidArgument(f"messages[{index}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
                                       field=f"messages[{index}].role")
-            if role == "system" and not settings.allow_client_system_prompt:
+            if role == "system" and not allow_system:
                 raise InvalidArgument("system messages are not accepted from clients for this deployment; "
                                       "the tenant's prompt template sets the system prompt",
                                       field=f"messages[{index}].role", reason="CLIENT_SYSTEM_PROMPT_NOT_ALLOWED")
@@ -109,9 +110,25 @@ def _sampling(params, settings: RouterSettings) -> Sampling:
     )
 
 
-def validate(request, settings: RouterSettings) -> InferenceRequest:
-    """Checks a GenerateRequest or GenerateStreamRequest (they share their fields)."""
-    turns = _turns(request, settings)
+def _session_id(request, settings: RouterSettings) -> str | None:
+    if not request.HasField("session_id"):
+        return None
+    session_id = request.session_id
+    if not session_id or len(session_id) > settings.max_session_id_chars or not session_id.isprintable():
+        raise InvalidArgument(f"session_id must be 1 to {settings.max_session_id_chars} printable characters",
+                              field="session_id")
+    return session_id
+
+
+def validate(request, settings: RouterSettings, tenant: TenantSettings | None = None) -> InferenceRequest:
+    """Checks a GenerateRequest or GenerateStreamRequest (they share their fields).
+
+    `tenant` may allow client system prompts where the router-wide setting does not.
+    """
+    allow_system = settings.allow_client_system_prompt
+    if tenant is not None and tenant.allow_client_system_prompt is not None:
+        allow_system = tenant.allow_client_system_prompt
+    turns = _turns(request, settings, allow_system)
     sampling = _sampling(request.sampling, settings)
     if request.tier == inference_pb2.TIER_CACHE:
         raise InvalidArgument("tier TIER_CACHE cannot be pinned; use cache_policy to control the cache",
@@ -120,6 +137,9 @@ def validate(request, settings: RouterSettings) -> InferenceRequest:
         raise InvalidArgument("unknown tier", field="tier")
     if request.cache_policy not in inference_pb2.CachePolicy.values():
         raise InvalidArgument("unknown cache_policy", field="cache_policy")
+    if turns[-1].role != "user":
+        raise InvalidArgument("the last message must be the user's (ROLE_USER): it is what the model answers",
+                              field=f"messages[{len(turns) - 1}].role")
     if len(request.model) > 128:
         raise InvalidArgument("model name too long (at most 128 characters)", field="model")
     retrieval = request.retrieval
@@ -131,9 +151,10 @@ def validate(request, settings: RouterSettings) -> InferenceRequest:
         sampling=sampling,
         model=request.model,
         tier=request.tier,
-        session_id=request.session_id if request.HasField("session_id") else None,
+        session_id=_session_id(request, settings),
         cache_policy=request.cache_policy,
         retrieval_collection=retrieval.collection,
         retrieval_top_k=retrieval.top_k or 4,
         retrieval_score_threshold=retrieval.score_threshold if retrieval.HasField("score_threshold") else None,
+        from_prompt=bool(request.prompt),
     )

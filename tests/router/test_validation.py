@@ -57,3 +57,28 @@ def test_render_ends_with_open_assistant_turn():
     text = render(parsed.turns)
     assert text.index("a") < text.index("b") < text.index("c")
     assert text.endswith("<|assistant|>\n")
+
+
+def test_tenant_policy_can_allow_client_system_prompts():
+    from services.router.config import TenantSettings
+
+    messages = [inference_pb2.Message(role=inference_pb2.ROLE_SYSTEM, content="be brief"),
+                inference_pb2.Message(role=inference_pb2.ROLE_USER, content="hi")]
+    turns = validate(req(messages=messages), SETTINGS, TenantSettings(allow_client_system_prompt=True)).turns
+    assert [t.role for t in turns] == ["system", "user"]
+    with pytest.raises(InvalidArgument):
+        validate(req(messages=messages), RouterSettings(allow_client_system_prompt=True),
+                 TenantSettings(allow_client_system_prompt=False))
+
+
+@pytest.mark.parametrize("request_, field", [
+    (req(prompt="x", session_id=""), "session_id"),
+    (req(prompt="x", session_id="s" * 200), "session_id"),
+    (req(prompt="x", session_id="bad\nid"), "session_id"),
+    (req(messages=[inference_pb2.Message(role=inference_pb2.ROLE_USER, content="a"),
+                   inference_pb2.Message(role=inference_pb2.ROLE_ASSISTANT, content="b")]), "messages[1].role"),
+])
+def test_session_id_and_last_turn_are_checked(request_, field):
+    with pytest.raises(InvalidArgument) as err:
+        validate(request_, SETTINGS)
+    assert err.value.field == field

@@ -1,0 +1,55 @@
+"""The router's Prometheus metrics (beside the shared RPC metrics of services/common)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CACHE_LOOKUPS = Counter(
+    "llmsuite_router_cache_lookups_total", "Response-cache lookups, by kind (exact, semantic) and result (hit, miss).",
+    ["kind", "result"],
+)
+CACHE_WRITES = Counter(
+    "llmsuite_router_cache_writes_total",
+    "Answers offered to the cache, by outcome (stored, or why not: redacted, degraded, filtered, sampled, policy).",
+    ["outcome"],
+)
+CACHE_ERRORS = Counter(
+    "llmsuite_router_cache_errors_total", "Cache or session store operations that failed and were skipped.",
+    ["operation"],
+)
+TIER_CHOICES = Counter(
+    "llmsuite_router_tier_choices_total", "Tier chosen per request, by tier and basis (estimate, pinned_model, pinned_tier).",
+    ["tier", "basis"],
+)
+ANSWERS = Counter(
+    "llmsuite_router_answers_total", "Answers sent, by tier that answered (cache, light, full) and model.",
+    ["tier", "model"],
+)
+DEGRADED = Counter(
+    "llmsuite_router_degraded_total", "Degraded answers, by reason.", ["reason"],
+)
+GUARDRAIL_VERDICTS = Counter(
+    "llmsuite_router_guardrail_verdicts_total", "Guardrail outcomes, by stage (input, output) and verdict.",
+    ["stage", "verdict"],
+)
+BREAKER_STATE = Gauge(
+    "llmsuite_router_breaker_state", "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+    ["upstream"],
+)
+UPSTREAM_REJECTED = Counter(
+    "llmsuite_router_upstream_rejected_total",
+    "Calls not sent to an upstream, by upstream and reason (breaker_open, overloaded).",
+    ["upstream", "reason"],
+)
+UPSTREAM_RETRIES = Counter(
+    "llmsuite_router_upstream_retries_total", "Retries after UNAVAILABLE, by upstream.", ["upstream"],
+)
+OVERHEAD = Histogram(
+    "llmsuite_router_overhead_seconds", "Time per request spent outside generation (guardrails, cache, retrieval).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+COST = Counter(
+    "llmsuite_router_cost_usd_total", "Cost of generated answers in US dollars, by model.", ["model"],
+)
+TOKENS = Counter(
+    "llmsuite_router_tokens_total", "Tokens of generated answers, by model and direction (input, output).",
+    ["model", "direction"],
+)

@@ -1,0 +1,41 @@
+"""The router's client for the retrieval service: one embedding per request, and search."""
+
+import numpy as np
+from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+from services.common.channels import insecure_channel
+from services.common.context import outgoing_metadata
+from services.router.config import RouterSettings
+from services.router.upstream import Deadline, Upstream
+
+
+class RetrievalClient:
+    def __init__(self, settings: RouterSettings):
+        self._channel = insecure_channel(settings.retrieval_url)
+        self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
+        self._cap = settings.retrieval_timeout_s
+        self.upstream = Upstream("retrieval", settings)
+
+    async def embed(self, text: str, deadline: Deadline) -> np.ndarray:
+        """The L2-normalised embedding of text."""
+        async def run(timeout: float):
+            return await self._stub.Embed(retrieval_pb2.EmbedRequest(texts=[text]), timeout=timeout,
+                                          metadata=outgoing_metadata())
+        reply = await self.upstream.call(run, deadline, self._cap)
+        return np.asarray(reply.embeddings[0].values, dtype=np.float32)
+
+    async def search(self, collection: str, query: str, top_k: int, score_threshold: float | None,
+                     vector: np.ndarray | None, deadline: Deadline) -> list[retrieval_pb2.SearchHit]:
+        request = retrieval_pb2.SearchRequest(collection=collection, query=query, top_k=top_k)
+        if score_threshold is not None:
+            request.score_threshold = score_threshold
+        if vector is not None:
+            request.query_vector.extend(vector.tolist())
+
+        async def run(timeout: float):
+            return await self._stub.Search(request, timeout=timeout, metadata=outgoing_metadata())
+        reply = await self.upstream.call(run, deadline, self._cap)
+        return list(reply.hits)
+
+    async def close(self) -> None:
+        await self._channel.close()

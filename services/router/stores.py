@@ -1,0 +1,142 @@
+"""Key-value and list storage for cache and sessions: Redis, or in process.
+
+Redis (REDIS_URL) lets every router replica share answers and sessions. Without
+it each process keeps its own, bounded by entry count (LRU) and TTL; that suits
+one replica in development. Both stores expose the same few async operations.
+Store failures raise StoreError; callers treat them as a miss rather than failing
+the request, since cache and sessions are optimisations of the answer path.
+"""
+
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered badly."""
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def push(self, key: str, items: list[bytes], max_len: int, ttl_s: float) -> None:
+        """Appends items to a list, keeps its last max_len, and restarts its TTL."""
+
+    async def items(self, key: str, last: int = 0) -> list[bytes]:
+        """The list's items, oldest first; only the last `last` when it is positive."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """In-process store: LRU over keys, each key with its own expiry."""
+
+    def __init__(self, max_keys: int, clock=time.monotonic):
+        self._max_keys = max_keys
+        self._clock = clock
+        self._data: OrderedDict[str, tuple[float, bytes | list[bytes]]] = OrderedDict()
+
+    def _live(self, key: str):
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def _put(self, key: str, value, ttl_s: float) -> None:
+        self._data[key] = (self._clock() + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_keys:
+            self._data.popitem(last=False)
+
+    async def get(self, key: str) -> bytes | None:
+        value = self._live(key)
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._put(key, value, ttl_s)
+
+    async def push(self, key: str, items: list[bytes], max_len: int, ttl_s: float) -> None:
+        current = self._live(key)
+        values = (list(current) if isinstance(current, list) else []) + list(items)
+        self._put(key, values[-max_len:], ttl_s)
+
+    async def items(self, key: str, last: int = 0) -> list[bytes]:
+        value = self._live(key)
+        if not isinstance(value, list):
+            return []
+        return list(value[-last:]) if last > 0 else list(value)
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisStore:
+    """Redis-backed store; every command is bounded by the client's socket timeout."""
+
+    def __init__(self, url: str, timeout_s: float):
+        # No client-side retries: a slow or absent Redis must cost one timeout at
+        # most, after which the request goes on without cache or session.
+        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                               retry_on_timeout=False, health_check_interval=30)
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            return await self._client.get(key)
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis get failed: {type(err).__name__}") from err
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        try:
+            await self._client.set(key, value, px=max(int(ttl_s * 1000), 1))
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis set failed: {type(err).__name__}") from err
+
+    async def push(self, key: str, items: list[bytes], max_len: int, ttl_s: float) -> None:
+        if not items:
+            return
+        try:
+            # One MULTI/EXEC round trip, so concurrent writers never see the list
+            # longer than max_len or without a TTL.
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, *items)
+                pipe.ltrim(key, -max_len, -1)
+                pipe.pexpire(key, max(int(ttl_s * 1000), 1))
+                await pipe.execute()
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis push failed: {type(err).__name__}") from err
+
+    async def items(self, key: str, last: int = 0) -> list[bytes]:
+        try:
+            return await self._client.lrange(key, -last if last > 0 else 0, -1)
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis lrange failed: {type(err).__name__}") from err
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._client.delete(key)
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis delete failed: {type(err).__name__}") from err
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
