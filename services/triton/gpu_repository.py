@@ -1,7 +1,7 @@
 """Renders the TensorRT-LLM model repository for GPU hosts from models/gpu.
 
     python -m services.triton.gpu_repository models/gpu/models.example.yaml OUT_DIR \\
-        [--backend-models /app/all_models/inflight_batcher_llm]
+        [--backend-models tensorrtllm_backend/all_models/inflight_batcher_llm]
 
 For every model in the YAML it writes `<name>` (the ensemble with the suite's
 interface), `<name>_preprocessing`, `<name>_tensorrt_llm` and `<name>_postprocessing`.
