@@ -1,0 +1,1 @@
+"""Guardrails service: PII and secrets redaction, prompt-injection detection, output scanning."""

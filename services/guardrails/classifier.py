@@ -1,11 +1,20 @@
-"""The learned injection signal: logistic regression over an embedding plus cheap signals.
+"""The learned injection signals: two logistic regressions, lexical and semantic.
 
-The weights are plain JSON (built by `python -m services.guardrails.train` from the
-training split only), so loading needs numpy but not scikit-learn, and a reviewer
-can read what was trained on what.
+- lexical: hashed character 3-5-grams of the normalised prompt plus the cheap
+  signals as features; costs well under a millisecond.
+- semantic: the prompt's all-MiniLM-L6-v2 embedding plus the cheap signals; the
+  embedding costs tens of milliseconds on a small CPU.
+
+The lexical model is a gate: when it is confidently benign or confidently an
+attack, the embedding is not computed and its probability is the learned score;
+otherwise the learned score is the mean of both probabilities. The gate applies
+whether or not the caller sent an embedding, so a verdict never depends on that
+optimisation. Weights are plain JSON built by `python -m services.guardrails.train`
+from the training split only.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +26,104 @@ class ClassifierError(Exception):
     """The classifier file is missing or does not fit this code."""
 
 
+def _sigmoid(logit: float) -> float:
+    return float(1 / (1 + np.exp(-logit)))
+
+
+@dataclass(frozen=True)
+class HashingSpec:
+    """Parameters of scikit-learn's HashingVectorizer, which must match training."""
+
+    n_features: int
+    ngram_min: int
+    ngram_max: int
+
+    def vectorizer(self):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        return HashingVectorizer(analyzer="char_wb", ngram_range=(self.ngram_min, self.ngram_max),
+                                 n_features=self.n_features, alternate_sign=False, norm="l2", lowercase=True)
+
+
 class InjectionClassifier:
-    def __init__(self, coef: np.ndarray, intercept: float, embedding_dim: int,
-                 feature_names: tuple[str, ...], metadata: dict | None = None):
-        if coef.shape != (embedding_dim + len(feature_names),):
-            raise ClassifierError(f"classifier has {coef.shape[0]} weights, expected "
-                                  f"{embedding_dim} embedding values + {len(feature_names)} features")
-        self.coef = coef.astype(np.float32)
-        self.intercept = float(intercept)
-        self.embedding_dim = embedding_dim
+    def __init__(self, *, feature_names: tuple[str, ...], hashing: HashingSpec,
+                 lexical_coef: np.ndarray, lexical_intercept: float,
+                 embedding_dim: int, semantic_coef: np.ndarray, semantic_intercept: float,
+                 gate_benign_below: float, gate_attack_above: float, metadata: dict | None = None):
+        extra = len(feature_names)
+        if lexical_coef.shape != (hashing.n_features + extra,):
+            raise ClassifierError(f"lexical model has {lexical_coef.shape[0]} weights, expected "
+                                  f"{hashing.n_features} hashed n-grams + {extra} features")
+        if semantic_coef.shape != (embedding_dim + extra,):
+            raise ClassifierError(f"semantic model has {semantic_coef.shape[0]} weights, expected "
+                                  f"{embedding_dim} embedding values + {extra} features")
         self.feature_names = tuple(feature_names)
+        self.hashing = hashing
+        self.lexical_coef = lexical_coef.astype(np.float32)
+        self.lexical_intercept = float(lexical_intercept)
+        self.embedding_dim = embedding_dim
+        self.semantic_coef = semantic_coef.astype(np.float32)
+        self.semantic_intercept = float(semantic_intercept)
+        self.gate_benign_below = gate_benign_below
+        self.gate_attack_above = gate_attack_above
         self.metadata = metadata or {}
+        self._vectorizer = hashing.vectorizer()
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_PATH) -> "InjectionClassifier":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(np.asarray(data["coef"], dtype=np.float32), data["intercept"], data["embedding_dim"],
-                       tuple(data["feature_names"]), data.get("metadata"))
+            hashing = HashingSpec(**data["lexical"]["hashing"])
+            extra = len(data["feature_names"])
+            lexical = np.zeros(hashing.n_features + extra, dtype=np.float32)
+            lexical[np.asarray(data["lexical"]["ngram_index"], dtype=np.int64)] = data["lexical"]["ngram_coef"]
+            lexical[hashing.n_features:] = data["lexical"]["feature_coef"]
+            return cls(
+                feature_names=tuple(data["feature_names"]), hashing=hashing,
+                lexical_coef=lexical, lexical_intercept=data["lexical"]["intercept"],
+                embedding_dim=data["semantic"]["embedding_dim"],
+                semantic_coef=np.asarray(data["semantic"]["coef"], dtype=np.float32),
+                semantic_intercept=data["semantic"]["intercept"],
+                gate_benign_below=data["gate"]["benign_below"], gate_attack_above=data["gate"]["attack_above"],
+                metadata=data.get("metadata"))
         except FileNotFoundError as err:
             raise ClassifierError(f"{path}: not found; build it with `python -m services.guardrails.train`") from err
-        except (KeyError, TypeError, ValueError) as err:
-            raise ClassifierError(f"{path}: not a valid classifier file ({err})") from err
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ClassifierError(f"{path}: not a valid classifier file ({err!r})") from err
 
     def to_json(self) -> str:
+        ngrams = self.lexical_coef[: self.hashing.n_features]
+        index = np.flatnonzero(np.round(ngrams, 5))
         return json.dumps({
-            "embedding_dim": self.embedding_dim,
             "feature_names": list(self.feature_names),
-            "intercept": round(self.intercept, 6),
-            "coef": [round(float(value), 6) for value in self.coef],
+            "gate": {"benign_below": self.gate_benign_below, "attack_above": self.gate_attack_above},
+            "lexical": {
+                "hashing": vars(self.hashing),
+                "intercept": round(self.lexical_intercept, 5),
+                "feature_coef": [round(float(v), 5) for v in self.lexical_coef[self.hashing.n_features:]],
+                # Sparse: only n-gram buckets seen in training have a weight.
+                "ngram_index": [int(i) for i in index],
+                "ngram_coef": [round(float(ngrams[i]), 5) for i in index],
+            },
+            "semantic": {
+                "embedding_dim": self.embedding_dim,
+                "intercept": round(self.semantic_intercept, 5),
+                "coef": [round(float(v), 5) for v in self.semantic_coef],
+            },
             "metadata": self.metadata,
-        }, indent=1) + "\n"
+        }, separators=(",", ":")) + "\n"
 
-    def predict(self, embedding: np.ndarray, features: np.ndarray) -> float:
-        """Probability that the prompt is an injection."""
-        logit = float(np.dot(self.coef[: self.embedding_dim], embedding)
-                      + np.dot(self.coef[self.embedding_dim:], features) + self.intercept)
-        return float(1 / (1 + np.exp(-logit)))
+    def lexical(self, normalised_text: str, features: np.ndarray) -> float:
+        row = self._vectorizer.transform([normalised_text])
+        logit = float(np.dot(self.lexical_coef[row.indices], row.data)
+                      + np.dot(self.lexical_coef[self.hashing.n_features:], features) + self.lexical_intercept)
+        return _sigmoid(logit)
+
+    def semantic(self, embedding: np.ndarray, features: np.ndarray) -> float:
+        logit = float(np.dot(self.semantic_coef[: self.embedding_dim], embedding)
+                      + np.dot(self.semantic_coef[self.embedding_dim:], features) + self.semantic_intercept)
+        return _sigmoid(logit)
+
+    def gate_decides(self, lexical_score: float) -> bool:
+        """True when the lexical score alone is confident enough to skip the embedding."""
+        return lexical_score < self.gate_benign_below or lexical_score >= self.gate_attack_above

@@ -1,12 +1,12 @@
-"""Prompt-injection score: cheap signals first, the learned signal when they are not decisive.
+"""Prompt-injection score: cheap signals first, learned signals when they are not decisive.
 
-Cheap signals (microseconds to a millisecond): pattern families on the normalised
-views, the same families on decoded payloads (base64, hex, rot13, reversed),
-obfuscation markers, and a language switch inside one prompt. They give a rule
-score, 1 - prod(1 - weight) over what matched. When that score is decisive the
-learned signal is skipped; otherwise a logistic regression over the prompt's
-all-MiniLM-L6-v2 embedding plus the cheap signals as features gives a probability,
-and the final score is the larger of the two.
+Cheap signals (about a millisecond): pattern families on the normalised views, the
+same families on decoded payloads (base64, hex, rot13, reversed), obfuscation
+markers, and a language switch inside one prompt. They give a rule score,
+1 - prod(1 - weight) over what matched. When that score is decisive nothing else
+runs. Otherwise the learned signals of classifier.py run: the lexical model always,
+the embedding model unless the lexical one is confident. The final score is the
+larger of the rule score and the learned score.
 """
 
 import logging
@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from services.guardrails.classifier import InjectionClassifier
+from services.guardrails.classifier import ClassifierError, InjectionClassifier
 from services.guardrails.decoders import decoded_views
 from services.guardrails.normalize import normalize
 from services.guardrails.patterns import FAMILIES, FAMILY_NAMES, match_families
@@ -56,6 +56,7 @@ _WORD = re.compile(r"[^\W\d_]+")
 
 @dataclass
 class CheapSignals:
+    normalised: str = ""  # the cleaned, lower-cased text the lexical model reads
     families: dict[str, str] = field(default_factory=dict)   # family -> snippet, plain views
     hidden: dict[str, str] = field(default_factory=dict)     # family -> how it was hidden
     obfuscation: list[str] = field(default_factory=list)
@@ -77,7 +78,9 @@ class CheapSignals:
 class InjectionResult:
     score: float
     reasons: tuple[str, ...]
-    learned_score: float | None  # None when the learned signal was skipped or off
+    learned_score: float | None  # None when the learned signals were skipped or off
+    stage: str  # the last stage that ran: "rules", "lexical" or "semantic"
+    computed_embedding: bool  # whether this call had to compute the embedding
 
 
 def _snippet(text: str) -> str:
@@ -95,8 +98,8 @@ def language_switch(text: str) -> bool:
 
 
 def cheap_signals(text: str) -> CheapSignals:
-    signals = CheapSignals()
     norm = normalize(text)
+    signals = CheapSignals(normalised=norm.clean)
     plain = match_families((norm.clean,))
     signals.families = plain
     if norm.skeleton != norm.clean:
@@ -130,30 +133,70 @@ def cheap_signals(text: str) -> CheapSignals:
     return signals
 
 
+@dataclass
+class Pending:
+    """A prompt scored by the cheap stages; `result` is set when they decided it."""
+
+    signals: CheapSignals
+    reasons: list[str]
+    lexical: float | None = None
+    result: InjectionResult | None = None
+
+
 class InjectionDetector:
-    """Combines the cheap signals with the learned classifier."""
+    """Combines the cheap signals with the learned classifiers.
+
+    `score()` does everything; `prepare()` and `finish()` split it around the
+    embedding so a caller can do other work while the embedding is computed.
+    """
 
     def __init__(self, classifier: InjectionClassifier | None,
                  embed: Callable[[str], Awaitable[np.ndarray]] | None):
         if classifier is not None and classifier.feature_names != FEATURE_NAMES:
-            raise ValueError("injection classifier was trained on other cheap-signal features; "
-                             "rebuild it with `python -m services.guardrails.train`")
+            raise ClassifierError("injection classifier was trained on other cheap-signal features; "
+                                  "rebuild it with `python -m services.guardrails.train`")
         self._classifier = classifier
         self._embed = embed
 
     @property
-    def learned(self) -> bool:
-        return self._classifier is not None and self._embed is not None
+    def can_embed(self) -> bool:
+        return self._embed is not None
 
-    async def score(self, text: str, embedding: np.ndarray | None = None) -> InjectionResult:
+    async def embed(self, text: str) -> np.ndarray:
+        return await self._embed(text)
+
+    def prepare(self, text: str, learned: bool = True) -> Pending:
         signals = cheap_signals(text)
-        reasons = list(signals.reasons)
-        if signals.decisive or not self.learned:
-            return InjectionResult(signals.rule_score, tuple(reasons), None)
-        if embedding is None:
-            embedding = await self._embed(text)
-        learned = self._classifier.predict(embedding, signals.features())
+        pending = Pending(signals, list(signals.reasons))
+        if signals.decisive or not learned or self._classifier is None:
+            pending.result = InjectionResult(signals.rule_score, tuple(pending.reasons), None, "rules", False)
+            return pending
         if signals.language_switch:
-            reasons.append("language switch inside the prompt")
-        reasons.append(f"learned classifier: {learned:.2f}")
-        return InjectionResult(max(signals.rule_score, learned), tuple(reasons), learned)
+            pending.reasons.append("language switch inside the prompt")
+        pending.lexical = self._classifier.lexical(signals.normalised, signals.features())
+        if self._classifier.gate_decides(pending.lexical):
+            pending.result = self._result(pending, pending.lexical, "lexical", False)
+        return pending
+
+    def finish(self, pending: Pending, embedding: np.ndarray | None, computed: bool = False) -> InjectionResult:
+        """The result, using `embedding` when the cheap stages left the prompt undecided."""
+        if pending.result is not None:
+            return pending.result
+        if embedding is None:
+            return self._result(pending, pending.lexical, "lexical", False)
+        semantic = self._classifier.semantic(embedding, pending.signals.features())
+        return self._result(pending, (pending.lexical + semantic) / 2, "semantic", computed)
+
+    async def score(self, text: str, embedding: np.ndarray | None = None, *,
+                    learned: bool = True) -> InjectionResult:
+        """Scores text; `embedding` (of text, if the caller has it) saves computing one."""
+        pending = self.prepare(text, learned)
+        computed = False
+        if pending.result is None and embedding is None and self.can_embed:
+            embedding, computed = await self.embed(text), True
+        return self.finish(pending, embedding, computed)
+
+    @staticmethod
+    def _result(pending: Pending, learned: float, stage: str, computed: bool) -> InjectionResult:
+        reasons = (*pending.reasons, f"learned classifier: {learned:.2f}")
+        return InjectionResult(max(pending.signals.rule_score, learned), reasons, learned, stage, computed)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # Invisible characters used to split words so that "ig\u200bnore" evades a regex:
 # zero-width space/non-joiner/joiner, word joiner, BOM, soft hyphen, Mongolian
 # vowel separator, and the bidirectional controls used to reorder displayed text.
-_INVISIBLE = dict.fromkeys(
+INVISIBLE = dict.fromkeys(
     [0x200B, 0x200C, 0x200D, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF, 0x00AD, 0x180E,
      0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069],
 )
@@ -36,7 +36,7 @@ _HOMOGLYPHS = str.maketrans({
 # Invisible characters have legitimate uses (emoji sequences, word breaks in Khmer
 # or Thai); between two Latin letters they only serve to split a keyword.
 _INVISIBLE_IN_WORD = re.compile(
-    "(?<=[A-Za-z])[" + "".join(chr(code) for code in _INVISIBLE) + "]+(?=[A-Za-z])")
+    "(?<=[A-Za-z])[" + "".join(chr(code) for code in INVISIBLE) + "]+(?=[A-Za-z])")
 
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
                        "!": "i", "|": "l", "+": "t"})
@@ -70,7 +70,7 @@ class Normalized:
 
 
 def strip_invisible(text: str) -> str:
-    return text.translate(_INVISIBLE)
+    return text.translate(INVISIBLE)
 
 
 def unhomoglyph(text: str) -> str:

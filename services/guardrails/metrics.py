@@ -1,0 +1,34 @@
+"""Prometheus metrics of the guardrails service (the shared RPC metrics come from the interceptor)."""
+
+from prometheus_client import Counter, Histogram
+
+VERDICTS = Counter(
+    "llmsuite_guardrails_verdicts_total",
+    "Verdicts by check (input, output, stream) and the stage that decided them "
+    "(rules, lexical, semantic: injection stages; pii, blocklist, canary; error: analysis failed).",
+    ["check", "verdict", "stage"],
+)
+FINDINGS = Counter(
+    "llmsuite_guardrails_findings_total", "Findings by check, entity and the action taken.",
+    ["check", "entity", "action"],
+)
+INJECTION_SCORE = Histogram(
+    "llmsuite_guardrails_injection_score", "Prompt-injection scores of checked inputs.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
+EMBEDDINGS = Counter(
+    "llmsuite_guardrails_embeddings_total",
+    "Inputs by where the learned signal's embedding came from: computed, caller (sent in the request), "
+    "or skipped (cheaper signals were decisive).",
+    ["source"],
+)
+ANALYSIS_ERRORS = Counter(
+    "llmsuite_guardrails_analysis_errors_total", "Checks whose analysis failed (then fail-closed or fail-open).",
+    ["check"],
+)
+STAGE_SECONDS = Histogram(
+    "llmsuite_guardrails_stage_seconds",
+    "Analysis time: pii (PII, secrets, terms), input (a whole CheckInput analysis, embedding included).",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
