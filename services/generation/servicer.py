@@ -76,6 +76,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         except asyncio.CancelledError:
             error_type = "CANCELLED"
             raise
+        except Exception as err:
+            error_type = type(err).__name__
+            raise
         finally:
             elapsed = time.perf_counter() - started
             metrics.REQUEST_DURATION.labels(job.model, error_type).observe(elapsed)

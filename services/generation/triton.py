@@ -144,10 +144,7 @@ class TritonGenerator:
             started = False
             try:
                 async for chunk in self._attempt(spec, prompt, sampling, stream, deadline - loop.time()):
-                    if not started:
-                        started = True
-                        self.breaker.record_success()
-                        metrics.BREAKER_OPEN.set(0)
+                    started = True
                     yield chunk
                 return
             except TritonUnavailable as err:
@@ -181,6 +178,9 @@ class TritonGenerator:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             async for result, error in responses:
+                # Any answer, an error response included, shows Triton is reachable.
+                self.breaker.record_success()
+                metrics.BREAKER_OPEN.set(0)
                 if error is not None:
                     raise model_error(spec.triton_model, error.message())
                 response = result.get_response()
