@@ -159,6 +159,10 @@ class GuardrailsClient:
                     pass
 
 
+    async def close(self) -> None:
+        await self._channel.close()
+
+
 async def _unchecked(source: AsyncIterator[str | Completion]) -> AsyncIterator:
     generated = 0
     async for event in source:

@@ -26,8 +26,12 @@ class RetrievalClient:
 
     async def search(self, collection: str, query: str, top_k: int, score_threshold: float | None,
                      vector: np.ndarray | None, deadline: Deadline) -> list[retrieval_pb2.SearchHit]:
-        request = retrieval_pb2.SearchRequest(collection=collection, query=query, top_k=top_k)
+        # Hybrid search ranks best, but its fused scores are rank-based: a score
+        # threshold needs one of the scored modes, so dense search runs then.
+        request = retrieval_pb2.SearchRequest(collection=collection, query=query, top_k=top_k,
+                                              mode=retrieval_pb2.SEARCH_MODE_HYBRID)
         if score_threshold is not None:
+            request.mode = retrieval_pb2.SEARCH_MODE_DENSE
             request.score_threshold = score_threshold
         if vector is not None:
             request.query_vector.extend(vector.tolist())

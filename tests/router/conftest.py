@@ -1,9 +1,12 @@
 """Real Triton, generation and Redis for the router's integration tests, started once."""
 
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.harness import ServiceProcess, free_port, service_env
 from tests.router.support import GARDEN, start_redis, start_router
 from tests.stack_fixtures import start_generation, start_triton
 
@@ -65,3 +68,37 @@ def redis_routers(log_dir, generation_port, redis_url):
     finally:
         for replica in replicas:
             replica.process.stop()
+
+
+# Guardrails policies for the router tests: tenant "strict" also blocks a word the
+# stand-in models use, so an output block can be provoked deterministically.
+GUARDRAILS_CONFIG = {
+    "policies": {"default": {}, "strict": {"blocklist": ["deterministic"]}},
+    "tenants": {"strict": {"policy": "strict"}},
+}
+
+
+@pytest.fixture(scope="session")
+def side_services(log_dir, tmp_path_factory):
+    """Guardrails and retrieval, started together (each loads models for ~15 s)."""
+    data = tmp_path_factory.mktemp("side-services")
+    config = data / "llmsuite.yaml"
+    config.write_text(yaml.safe_dump({"guardrails": GUARDRAILS_CONFIG}))
+    ports = {"guardrails": free_port(), "retrieval": free_port()}
+    settings = {
+        "guardrails": {"port": ports["guardrails"], "metrics_port": free_port(),
+                       "blank_model_dir": str(data / "spacy-blank")},
+        "retrieval": {"port": ports["retrieval"], "metrics_port": free_port(), "qdrant_path": str(data / "qdrant")},
+    }
+    processes = [ServiceProcess(name, [sys.executable, "-m", f"services.{name}"], log_dir,
+                                env={**service_env(name, values), "LLMSUITE_CONFIG": str(config)})
+                 for name, values in settings.items()]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_grpc_healthy(ports[process.name], timeout=120)
+        yield ports
+    finally:
+        for process in processes:
+            process.stop()
