@@ -62,23 +62,24 @@ class SparseEncoder:
     def term_index(term: str) -> int:
         return zlib.crc32(term.encode("utf-8"))
 
-    def _indexed(self, counts: Counter) -> dict[int, float]:
-        weights: dict[int, float] = {}
-        for term, count in counts.items():
+    def counts(self, text: str) -> tuple[dict[int, float], int]:
+        """Occurrences per term index, and the number of terms."""
+        terms = self.terms(text)
+        counts: dict[int, float] = {}
+        for term, count in Counter(terms).items():
             index = self.term_index(term)
-            weights[index] = weights.get(index, 0.0) + count
-        return weights
+            counts[index] = counts.get(index, 0.0) + count
+        return counts, len(terms)
 
     def document(self, text: str) -> tuple[list[int], list[float]]:
         """BM25 document-side weights: tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len))."""
-        terms = self.terms(text)
-        norm = self.k1 * (1 - self.b + self.b * len(terms) / self.avg_len)
-        weights = self._indexed(Counter(terms))
-        indices = sorted(weights)
-        return indices, [weights[i] * (self.k1 + 1) / (weights[i] + norm) for i in indices]
+        counts, length = self.counts(text)
+        norm = self.k1 * (1 - self.b + self.b * length / self.avg_len)
+        indices = sorted(counts)
+        return indices, [counts[i] * (self.k1 + 1) / (counts[i] + norm) for i in indices]
 
     def query(self, text: str) -> tuple[list[int], list[float]]:
         """Query-side weights: how often each term occurs (IDF is applied by Qdrant)."""
-        weights = self._indexed(Counter(self.terms(text)))
-        indices = sorted(weights)
-        return indices, [weights[i] for i in indices]
+        counts, _ = self.counts(text)
+        indices = sorted(counts)
+        return indices, [counts[i] for i in indices]
