@@ -33,6 +33,9 @@ ROUTES = [
 STREAMING_REQUEST_METHODS = [
     ("/llmsuite.guardrails.v1.GuardrailsService/CheckOutputStream", "guardrails", "30s", "120s"),
     ("/llmsuite.retrieval.v1.RetrievalService/UpsertStream", "retrieval", "120s", "600s"),
+    # Reflection is a bidirectional stream that grpcurl keeps open across questions.
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "router", "10s", "10s"),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "router", "10s", "10s"),
 ]
 
 # Services served as HTTP/JSON (and SSE for server streams) by the transcoder.

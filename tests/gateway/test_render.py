@@ -47,6 +47,8 @@ def test_client_streaming_methods_match_the_protos():
     for module in (generation_pb2, guardrails_pb2, inference_pb2, retrieval_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             streaming |= {f"/{service.full_name}/{m.name}" for m in service.methods if m.client_streaming}
+    # Server reflection (both API versions) is a bidirectional stream too.
+    streaming |= {f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo" for version in ("v1alpha", "v1")}
     assert {path for path, *_ in STREAMING_REQUEST_METHODS} == streaming
 
 
