@@ -38,12 +38,21 @@ def mask(value: str) -> str:
 
 
 class Placeholders:
-    """Placeholder numbering for one request or stream: value -> <ENTITY_n>."""
+    """Placeholder numbering for one request or stream: value -> <ENTITY_n>.
 
-    def __init__(self):
+    `taken` are placeholders already in use (the input's, when checking an answer
+    that will have them restored): numbering continues after them, so a value
+    redacted in the answer never gets a placeholder that restores to another value.
+    """
+
+    def __init__(self, taken: dict[str, str] | None = None):
         self.mapping: dict[str, str] = {}  # placeholder -> original value
         self._numbers: dict[tuple[str, str], str] = {}
         self._counters: dict[str, int] = {}
+        for placeholder in taken or {}:
+            entity, _, number = placeholder[1:-1].rpartition("_")
+            if number.isdigit():
+                self._counters[entity] = max(self._counters.get(entity, 0), int(number))
 
     def placeholder(self, entity: str, value: str) -> str:
         key = (entity, value)

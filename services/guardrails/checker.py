@@ -186,7 +186,7 @@ class Guard:
                      restore_map: dict[str, str] | None = None) -> Outcome:
         try:
             findings = self.find_items(text, policy, canaries)
-            outcome = self._verdict(text, findings, tenant, Placeholders(), [], restore_map)
+            outcome = self._verdict(text, findings, tenant, Placeholders(restore_map), [], restore_map)
         except Exception as err:
             outcome = self.failed("output", policy, text, err)
         self._count("output", outcome)

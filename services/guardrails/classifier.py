@@ -13,6 +13,7 @@ optimisation. Weights are plain JSON built by `python -m services.guardrails.tra
 from the training split only.
 """
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,12 @@ class InjectionClassifier:
         logit = float(np.dot(self.semantic_coef[: self.embedding_dim], embedding)
                       + np.dot(self.semantic_coef[self.embedding_dim:], features) + self.semantic_intercept)
         return _sigmoid(logit)
+
+    def with_gate(self, benign_below: float, attack_above: float) -> "InjectionClassifier":
+        """The same models with other gate thresholds (0 and above 1: always embed)."""
+        clone = copy.copy(self)
+        clone.gate_benign_below, clone.gate_attack_above = benign_below, attack_above
+        return clone
 
     def gate_decides(self, lexical_score: float) -> bool:
         """True when the lexical score alone is confident enough to skip the embedding."""

@@ -49,7 +49,7 @@ class OutputStream:
         self._guard, self._policy, self._tenant = guard, policy, tenant
         self._canaries = canaries
         self._restore = restore_map or {}
-        self._placeholders = Placeholders()
+        self._placeholders = Placeholders(self._restore)
         self._held = ""       # received, not yet released (original text)
         self._context = ""    # tail of the released original text
         self._released = 0    # characters of original text released so far

@@ -1,0 +1,59 @@
+"""Bad guardrails settings fail at start with a message naming the problem."""
+
+import base64
+
+import pytest
+
+from services.common.config import ConfigError, load
+from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier
+from services.guardrails.config import Action, GuardrailsSettings, Policy
+from services.guardrails.injection import FEATURE_NAMES
+
+
+def settings(tmp_path, yaml_text: str) -> GuardrailsSettings:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_text)
+    return load(GuardrailsSettings, "guardrails", environ={"LLMSUITE_CONFIG": str(path)})
+
+
+def test_policies_and_tenants_load_from_yaml(tmp_path):
+    loaded = settings(tmp_path, """
+guardrails:
+  policies:
+    default: {}
+    strict: {entities: {CREDIT_CARD: block}, injection_threshold: 0.3, blocklist: [falcon]}
+  tenants:
+    acme: {policy: strict}
+""")
+    assert loaded.policies["strict"].action("CREDIT_CARD") is Action.BLOCK
+    assert loaded.policies["strict"].action("EMAIL_ADDRESS") is Action.REDACT
+    assert loaded.policies["default"].action("URL") is Action.ALLOW
+    assert loaded.tenants["acme"].policy == "strict"
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("guardrails: {policies: {strict: {}}}", "one named 'default'"),
+    ("guardrails: {tenants: {acme: {policy: missing}}}", "refers to policy 'missing'"),
+    ("guardrails: {policies: {default: {entities: {SOCKS: redact}}}}", "unknown entities ['SOCKS']"),
+    ("guardrails: {policies: {default: {entities: {EMAIL_ADDRESS: shred}}}}", "entities.EMAIL_ADDRESS"),
+    ("guardrails: {policies: {default: {injection_action: mask}}}", "injection_action must be allow or block"),
+    ("guardrails: {restore_key: c2hvcnQ=}", "exactly 32 bytes"),
+    ("guardrails: {hash_key: '%%%'}", "not valid base64"),
+])
+def test_bad_settings_are_refused(tmp_path, yaml_text, message):
+    with pytest.raises(ConfigError, match="guardrails") as err:
+        settings(tmp_path, yaml_text)
+    assert message in str(err.value)
+
+
+def test_a_valid_restore_key_is_accepted():
+    key = base64.b64encode(b"k" * 32).decode()
+    assert GuardrailsSettings(restore_key=key).restore_key_bytes() == b"k" * 32
+    assert Policy().fail_closed  # failing closed is the default
+
+
+def test_shipped_classifier_fits_the_code_and_stays_small():
+    classifier = InjectionClassifier.load()
+    assert classifier.feature_names == FEATURE_NAMES
+    assert classifier.metadata["trained_on"] == "injection_train.jsonl"
+    assert DEFAULT_PATH.stat().st_size < 2_000_000
