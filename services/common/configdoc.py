@@ -1,18 +1,24 @@
 """Prints the configuration reference (markdown) from the settings classes.
 
-    python -m services.common.configdoc
+    python -m services.common.configdoc            # print it
+    python -m services.common.configdoc --readme   # rewrite README.md's block
 
 The README's reference is this output; a test keeps the two in agreement.
 """
 
+import argparse
 import importlib
 import json
+import re
+from pathlib import Path
 
 from services.common.config import ServerSettings, Settings
 
 # section -> "module:Class" of its settings.
 SECTIONS = {
     "router": "services.router.config:RouterSettings",
+    "generation": "services.generation.config:GenerationSettings",
+    "triton": "services.triton.config:TritonSettings",
 }
 
 
@@ -51,5 +57,22 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+BLOCK = re.compile(r"(<!-- config-reference:start -->\n).*?(<!-- config-reference:end -->)", re.S)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Configuration reference from the settings classes.")
+    parser.add_argument("--readme", action="store_true", help="rewrite the reference block in README.md")
+    args = parser.parse_args()
+    if not args.readme:
+        print(reference())
+        return
+    text = README.read_text()
+    if not BLOCK.search(text):
+        raise SystemExit("README.md has no config-reference block")
+    README.write_text(BLOCK.sub(lambda m: m.group(1) + reference().strip() + "\n" + m.group(2), text))
+
+
 if __name__ == "__main__":
-    print(reference())
+    main()
