@@ -120,37 +120,41 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def UpsertStream(self, request_iterator, context) -> AsyncIterator[retrieval_pb2.UpsertStreamResponse]:
         """Embeds batch n+1 while batch n is being written; reports after each write.
 
-        A failing batch ends the stream with an error; the batches reported before it
-        are stored.
+        A failing batch ends the stream with an error, after the progress of every
+        batch stored before it has been reported: what the caller was last told is
+        exactly what is stored.
         """
         tenant = tenant_var.get()
         collection = ""
-        documents = chunks = 0
+        done = retrieval_pb2.UpsertStreamResponse()
         pending: asyncio.Task | None = None
         try:
             async for index, request in _enumerate(request_iterator):
-                if index == 0:
-                    collection = validation.collection_name(request.collection)
-                elif request.collection and request.collection != collection:
-                    raise InvalidArgument(f"message {index} names collection {request.collection!r}; a stream writes "
-                                          f"to one collection ({collection!r})", field="collection")
-                batch = await self._prepare(request.documents)
+                try:
+                    if index == 0:
+                        collection = validation.collection_name(request.collection)
+                    elif request.collection and request.collection != collection:
+                        raise InvalidArgument(f"message {index} names collection {request.collection!r}; a stream "
+                                              f"writes to one collection ({collection!r})", field="collection")
+                    batch = await self._prepare(request.documents)
+                except Exception:
+                    if pending is not None:
+                        written = await pending
+                        pending = None
+                        yield _progress(done, written)
+                    raise
                 if pending is not None:
-                    done = await pending
-                    documents += len(done.chunk_counts)
-                    chunks += len(done.chunks)
-                    yield retrieval_pb2.UpsertStreamResponse(documents_done=documents, chunks_done=chunks)
+                    written = await pending
+                    pending = None
+                    yield _progress(done, written)
                 pending = asyncio.create_task(self._write(tenant, collection, batch))
             if pending is not None:
-                done = await pending
+                written = await pending
                 pending = None
-                documents += len(done.chunk_counts)
-                chunks += len(done.chunks)
-                yield retrieval_pb2.UpsertStreamResponse(documents_done=documents, chunks_done=chunks)
+                yield _progress(done, written)
         finally:
             if pending is not None and not pending.done():
-                # The caller hung up or a later batch failed: let the write in flight
-                # finish (it is already committed to), but do not report it.
+                # The caller hung up: the write in flight is committed to, so let it finish.
                 await asyncio.shield(pending)
 
     async def Delete(self, request, context):
@@ -215,6 +219,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
 def _array(vector) -> np.ndarray | None:
     return None if vector is None else np.asarray(vector, dtype=np.float32)
+
+
+def _progress(done: retrieval_pb2.UpsertStreamResponse, batch: PreparedBatch) -> retrieval_pb2.UpsertStreamResponse:
+    """Adds a stored batch to the stream's running totals and returns a copy to send."""
+    done.documents_done += len(batch.chunk_counts)
+    done.chunks_done += len(batch.chunks)
+    return retrieval_pb2.UpsertStreamResponse(documents_done=done.documents_done, chunks_done=done.chunks_done)
 
 
 def _best_per_document(hits):

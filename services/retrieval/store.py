@@ -142,7 +142,11 @@ class Store:
         qname = ids.qdrant_collection(tenant, name)
         self._client.create_collection(
             qname,
-            vectors_config={DENSE: models.VectorParams(size=self.dimension, distance=models.Distance.COSINE)},
+            # Every vector stored or searched is L2-normalised (the embedder's output, and
+            # query_vector after validation), so dot product is cosine similarity without
+            # the per-query re-normalisation of all stored vectors that embedded Qdrant does
+            # for COSINE (about 10 ms per query at 10,000 chunks here).
+            vectors_config={DENSE: models.VectorParams(size=self.dimension, distance=models.Distance.DOT)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata={"tenant": tenant, "name": name, "embedding_model": self.model_name,
                       "dimension": self.dimension, "sparse": SPARSE_SCHEME},

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from qdrant_client.local import sparse_distances
-from qdrant_client.models import SparseVector
+from qdrant_client.local import distances, sparse_distances
+from qdrant_client.models import Distance, SparseVector
 
 from services.retrieval import local_speedups
 
@@ -53,8 +53,31 @@ def test_empty_collection():
     assert local_speedups.calculate_distance_sparse(SparseVector(indices=[1], values=[1.0]), []).shape == (0,)
 
 
+def test_dense_dot_products_match_the_library_within_float32_rounding():
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((500, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = rng.standard_normal(384)
+    query /= np.linalg.norm(query)
+    expected = distances.calculate_distance(query, vectors, Distance.DOT)
+    actual = local_speedups.calculate_distance(query, vectors, Distance.DOT)
+    assert actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+    assert np.argmax(actual) == np.argmax(expected)
+
+
+def test_other_distances_are_left_to_the_library():
+    vectors = np.eye(3, dtype=np.float32) * 2
+    query = np.array([1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(local_speedups.calculate_distance(query, vectors, Distance.COSINE),
+                                  distances.calculate_distance(query, vectors, Distance.COSINE))
+    with pytest.raises(ValueError, match="NaN"):
+        local_speedups.calculate_distance(np.array([np.nan, 0, 0]), vectors, Distance.DOT)
+
+
 def test_installed_for_the_checked_version():
     from qdrant_client.local import local_collection
 
     assert local_speedups.install()
     assert local_collection.calculate_distance_sparse is local_speedups.calculate_distance_sparse
+    assert local_collection.calculate_distance is local_speedups.calculate_distance

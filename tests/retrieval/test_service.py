@@ -246,6 +246,8 @@ def test_a_stream_that_switches_collection_fails_after_the_stored_batches(stub):
         for update in stub.UpsertStream(iter(batches), metadata=ACME, timeout=60):
             progress.append(update)
     assert_grpc_error(info.value, grpc.StatusCode.INVALID_ARGUMENT, "one collection")
+    # The stored first batch was reported before the error, and nothing else was written.
+    assert [(p.documents_done, p.chunks_done) for p in progress] == [(1, 1)]
     assert chunks_in(stub, "stream-a") == 1 and chunks_in(stub, "stream-b") is None
 
 
