@@ -12,9 +12,9 @@ so tenant, model, template, sampling and retrieval options still must match). Th
 vectors are kept in Redis or in process as a bounded list per scope and scanned
 brute force: at most `semantic_max_entries` dot products of 384 values, well under
 a millisecond, with no second vector store beside the retrieval service's Qdrant.
-A hit also needs the same anchor terms (numbers, names, acronyms) in both
-questions: embeddings rate "capital of France" and "capital of Spain" as close,
-and this guard keeps such near-misses from being answered with the wrong text.
+A hit also needs the lexical guards of similarity.py to pass: embeddings rate
+"capital of France" and "capital of Spain", or "install" and "uninstall", as
+close, and the guards keep such near-misses from being answered with the wrong text.
 
 What the pipeline never stores (see servicer.py): blocked or filtered answers,
 answers to redacted input, degraded answers, and answers sampled with
@@ -24,7 +24,6 @@ temperature > 0 unless the tenant allows it.
 import hashlib
 import json
 import logging
-import re
 import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -33,6 +32,7 @@ import numpy as np
 
 from services.router.config import PromptTemplate
 from services.router.metrics import CACHE_ERRORS
+from services.router.similarity import same_question
 from services.router.stores import Store, StoreError
 from services.router.validation import Sampling, Turn
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 ANSWER_PREFIX = "llmsuite:router:answer:"
 SEMANTIC_PREFIX = "llmsuite:router:semantic:"
-# Longest question text kept beside a semantic-cache vector (for the anchor check).
+# Longest question text kept beside a semantic-cache vector (for the lexical guards).
 _MAX_QUESTION_CHARS = 2000
 
 
@@ -78,35 +78,6 @@ def exact_key(scope: Scope, turns: Sequence[Turn]) -> str:
     material["turns"] = [[turn.role, normalise(turn.content)] for turn in turns]
     blob = json.dumps(material, sort_keys=True, ensure_ascii=False)
     return ANSWER_PREFIX + hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-_ANCHOR_TOKEN = re.compile(r"\w+|[.!?]")
-
-
-def anchor_terms(text: str) -> frozenset[str]:
-    """Numbers, names and acronyms: words whose change changes the question."""
-    terms = set()
-    sentence_start = True
-    for match in _ANCHOR_TOKEN.finditer(text):
-        token = match.group()
-        if token in ".!?":
-            sentence_start = True
-            continue
-        if any(char.isdigit() for char in token):
-            terms.add(token.lower())
-        elif len(token) > 1 and token[0].isupper() and (not sentence_start or token.isupper()):
-            terms.add(token.lower())
-        sentence_start = False
-    return frozenset(terms)
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(word.lower() for word in re.findall(r"\w+", text))
-
-
-def anchors_agree(question: str, other: str) -> bool:
-    """Each question's anchor terms all appear in the other."""
-    return anchor_terms(question) <= _words(other) and anchor_terms(other) <= _words(question)
 
 
 @dataclass(frozen=True)
@@ -188,7 +159,7 @@ class ResponseCache:
             if similarity < threshold:
                 break
             key, cached_question, _ = unpacked[index]
-            if not anchors_agree(question, cached_question):
+            if not same_question(question, cached_question):
                 continue
             answer = await self.get(key)
             if answer is not None:

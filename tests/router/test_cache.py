@@ -3,14 +3,7 @@
 import numpy as np
 import pytest
 
-from services.router.cache import (
-    CachedAnswer,
-    ResponseCache,
-    Scope,
-    anchors_agree,
-    anchor_terms,
-    exact_key,
-)
+from services.router.cache import CachedAnswer, ResponseCache, Scope, exact_key
 from services.router.context import assemble
 from services.router.sessions import SessionStore
 from services.router.stores import MemoryStore
@@ -40,19 +33,6 @@ def test_exact_key_covers_tenant_model_template_sampling_and_retrieval(change):
     other = Scope(**{**SCOPE.__dict__, **change})
     assert exact_key(other, TURNS) != exact_key(SCOPE, TURNS)
     assert other.semantic_key() != SCOPE.semantic_key()
-
-
-def test_anchor_terms_are_numbers_names_and_acronyms():
-    assert anchor_terms("What is the capital of France?") == {"france"}
-    assert anchor_terms("How tall is the Eiffel Tower in 2024? I wonder.") == {"eiffel", "tower", "2024"}
-    assert anchor_terms("What does HTTP mean?") == {"http"}
-
-
-def test_anchor_guard_accepts_paraphrases_and_rejects_changed_entities():
-    assert anchors_agree("What is the capital of France?", "Which city is France's capital?")
-    assert anchors_agree("What is the capital of France?", "capital of france please")
-    assert not anchors_agree("What is the capital of France?", "What is the capital of Spain?")
-    assert not anchors_agree("Convert 10 miles to km", "Convert 12 miles to km")
 
 
 async def test_memory_store_expires_and_evicts():
