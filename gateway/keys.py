@@ -175,6 +175,36 @@ def revoke_key(path: str | Path, key_id: str) -> None:
     write_keys(path, keys)
 
 
+DEV_KEY_ID = "dev"
+DEV_SCOPES = ("inference", "retrieval:read", "retrieval:write", "guardrails")
+
+
+def ensure_dev_key(keys_file: str | Path, key_file: str | Path, tenant: str = "default") -> str:
+    """The local development stack's key: created on first use, then reused.
+
+    Unlike real keys, this one is also kept in plain text (`key_file`, mode 0600,
+    under the git-ignored var/ folder) so that `make run` can print it at every start
+    and the CLI can pick it up. If the keys file no longer accepts it (edited,
+    revoked), a new one replaces it.
+    """
+    keys_file, key_file = Path(keys_file), Path(key_file)
+    keys = load_keys(keys_file) if keys_file.exists() else {}
+    if key_file.exists():
+        key = key_file.read_text(encoding="utf-8").strip()
+        entry = keys.get(DEV_KEY_ID)
+        if entry is not None and not entry.revoked and matches(key, entry):
+            return key
+    key = generate_key(DEV_KEY_ID)
+    keys[DEV_KEY_ID] = ApiKey(id=DEV_KEY_ID, tenant=tenant, scopes=DEV_SCOPES, sha256=hash_key(key),
+                              description="local development stack (make run)")
+    write_keys(keys_file, keys)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key + "\n")
+    return key
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.keys", description="Manage llmsuite API keys.")
     sub = parser.add_subparsers(dest="command", required=True)

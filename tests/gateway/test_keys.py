@@ -13,6 +13,7 @@ from gateway.keys import (
     KeysFileError,
     _main,
     add_key,
+    ensure_dev_key,
     generate_key,
     hash_key,
     key_id_of,
@@ -78,6 +79,20 @@ def test_cli_new_prints_a_working_key(tmp_path, capsys):
     key = capsys.readouterr().out.strip()
     decision = decide(INFER, bearer(key), DEFAULT_RULES, load_keys(path), frozenset(), NOW)
     assert decision.allowed and decision.identity.tenant == "default"
+
+
+def test_the_dev_key_is_created_once_and_replaced_when_revoked(tmp_path):
+    keys_file, key_file = tmp_path / "keys.yaml", tmp_path / "dev-key"
+    add_key(keys_file, "other", "acme", ["inference"])
+    first = ensure_dev_key(keys_file, key_file)
+    assert ensure_dev_key(keys_file, key_file) == first
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    keys = load_keys(keys_file)
+    assert set(keys) == {"other", "dev"} and first not in keys_file.read_text()
+    assert decide(INFER, bearer(first), DEFAULT_RULES, keys, frozenset(), NOW).allowed
+    revoke_key(keys_file, "dev")
+    second = ensure_dev_key(keys_file, key_file)
+    assert second != first and not load_keys(keys_file)["dev"].revoked
 
 
 @pytest.mark.parametrize("text, fragment", [

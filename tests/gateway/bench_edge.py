@@ -1,0 +1,87 @@
+"""Edge overhead: the same unary gRPC call through an open Envoy and through Envoy
+with authz, the global rate limiter (Redis) and the rest of the edge filters.
+
+    .venv/bin/python -m tests.gateway.bench_edge [--requests 3000] [--clients 8]
+
+Uses h2load (Debian's nghttp2-client) with a pre-encoded gRPC frame, so the client
+costs little; the upstream is the echo InferenceService (tests/gateway/upstream.py).
+Numbers are for the machine it runs on; on a shared 2-core box they are noisy.
+"""
+
+import argparse
+import re
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+from llmsuite.inference.v1 import inference_pb2
+
+from gateway.keys import add_key
+from gateway.render import EdgeSecurity, EnvoyParams
+from tests.gateway.procs import placeholder_upstreams, start_envoy, start_gateway_service, start_redis, start_upstream
+from tests.harness import free_port
+
+PATH = "/llmsuite.inference.v1.InferenceService/Generate"
+
+
+def h2load(port: int, body: Path, requests: int, clients: int, headers: list[str]) -> dict[str, str]:
+    argv = ["h2load", "-n", str(requests), "-c", str(clients), "-m", "1", "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for header in headers:
+        argv += ["-H", header]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{PATH}"], capture_output=True, text=True,
+                         timeout=600).stdout
+    stats = {"rps": re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1),
+             "ok": re.search(r"status codes: (\d+) 2xx", out).group(1)}
+    stats["mean"], stats["sd"] = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)\s+(\S+)", out).groups()
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        message = inference_pb2.GenerateRequest(prompt="benchmark the edge").SerializeToString()
+        body = tmp / "request.bin"
+        body.write_bytes(b"\x00" + struct.pack(">I", len(message)) + message)
+        key = add_key(tmp / "keys.yaml", "bench", "bench", ["inference"])
+        started = []
+        try:
+            redis_process, redis_url = start_redis(tmp)
+            started.append(redis_process)
+            upstream, up_port = start_upstream(tmp, "up-bench")
+            authz, authz_port = start_gateway_service("authz", {"keys_file": tmp / "keys.yaml", "redis_url": redis_url},
+                                                      tmp, "authz")
+            limits = {"limits": [{"descriptor": d, "requests_per_unit": 10**9, "unit": "minute"}
+                                 for d in ("key", "tenant", "remote_address")]}
+            limiter, rl_port = start_gateway_service("ratelimit", {"redis_url": redis_url}, tmp, "ratelimit",
+                                                     config=limits)
+            started += [upstream, authz, limiter]
+            results = {}
+            for name, security in (("open edge", None),
+                                   ("authz + ratelimit", EdgeSecurity(authz=[f"127.0.0.1:{authz_port}"],
+                                                                      ratelimit=[f"127.0.0.1:{rl_port}"]))):
+                params = EnvoyParams(listen_host="127.0.0.1", listen_port=free_port(), admin_port=free_port(),
+                                     upstreams={**placeholder_upstreams(), "router": [f"127.0.0.1:{up_port}"]},
+                                     security=security)
+                envoy = start_envoy(params, tmp, name=f"envoy-{len(results)}")
+                started.append(envoy)
+                headers = [f"x-api-key: {key}"] if security else []
+                h2load(params.listen_port, body, 200, args.clients, headers)  # warm-up
+                results[name] = h2load(params.listen_port, body, args.requests, args.clients, headers)
+                envoy.stop()
+        finally:
+            for process in reversed(started):
+                process.stop()
+    print(f"{args.requests} unary calls, {args.clients} clients, one stream each")
+    print(f"{'edge':<20} {'req/s':>8} {'mean':>10} {'sd':>10} {'2xx':>6}")
+    for name, stats in results.items():
+        print(f"{name:<20} {stats['rps']:>8} {stats['mean']:>10} {stats['sd']:>10} {stats['ok']:>6}")
+
+
+if __name__ == "__main__":
+    main()
