@@ -7,6 +7,7 @@ of an InferenceService that reports the identity it received (tests/gateway/upst
 
 import base64
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from gateway.keys import add_key
 from gateway.render import EdgeSecurity, EnvoyParams, Jwt
+from services.stack.processes import VENV_BIN
 from tests.gateway.procs import (
     descriptor_set,
     placeholder_upstreams,
@@ -168,9 +170,13 @@ def test_spoofed_identity_headers_are_replaced(edge, channel):
     assert (seen["tenant"], seen["key_id"], seen["scopes"]) == ("acme", "caller", "inference")
 
 
-def test_health_and_reflection_are_public(channel):
+def test_health_and_reflection_are_public(edge, channel):
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    listing = subprocess.run([str(VENV_BIN / "grpcurl"), "-plaintext", edge["address"], "list"],
+                             capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    assert "llmsuite.inference.v1.InferenceService" in listing.stdout.split()
 
 
 def test_a_revoked_key_is_refused_through_envoy(edge, channel, redis_url):
