@@ -114,19 +114,19 @@ class RouterSettings(ServerSettings):
 
     tenants: dict[str, TenantSettings] = Field(
         default_factory=lambda: {"default": TenantSettings()},
-        description="Tenant id -> policy; `default` applies to tenants without an entry.",
+        description="Tenant id -> policy (YAML only); `default` applies to tenants without an entry.",
     )
     templates: dict[str, PromptTemplate] = Field(
-        default_factory=lambda: {"default": PromptTemplate()}, description="Prompt templates by name.",
+        default_factory=lambda: {"default": PromptTemplate()}, description="Prompt templates by name (YAML only).",
     )
     prices: dict[str, ModelPrice] = Field(
         default_factory=lambda: {
             "light": ModelPrice(input_per_1k=0.00015, output_per_1k=0.0006),
             "full": ModelPrice(input_per_1k=0.0025, output_per_1k=0.01),
         },
-        description="Price per model name (USD per 1,000 tokens); models without an entry cost 0.",
+        description="Price per model name, USD per 1,000 tokens (YAML only); models without an entry cost 0.",
     )
-    tiers: TierPolicy = Field(default_factory=TierPolicy, description="Complexity estimate and tier threshold.")
+    tiers: TierPolicy = Field(default_factory=TierPolicy, description="Complexity estimate and tier threshold (YAML only).")
 
     semantic_threshold: float = Field(
         0.85, gt=0, le=1,
@@ -144,7 +144,7 @@ class RouterSettings(ServerSettings):
     retrieval_timeout_s: float = Field(2.0, gt=0, description="Deadline for one retrieval or embedding call.")
     redis_timeout_s: float = Field(0.5, gt=0, description="Deadline for one Redis command; a slow Redis is skipped.")
     retry_attempts: int = Field(2, ge=0, le=5, description="Retries after an UNAVAILABLE upstream (before any token).")
-    retry_base_delay_s: float = Field(0.05, ge=0, description="First retry delay; doubles each retry, with full jitter.")
+    retry_base_delay_s: float = Field(0.05, ge=0, description="First retry delay; doubles each retry, with jitter.")
     retry_max_delay_s: float = Field(1.0, ge=0, description="Largest retry delay.")
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Time an open breaker waits before a half-open probe.")

@@ -27,16 +27,17 @@ def log_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def generation_port(log_dir):
-    triton, triton_port = start_triton(log_dir)
-    try:
-        generation, port = start_generation(log_dir, triton_port)
-    except BaseException:
-        triton.stop()
-        raise
+def triton(log_dir):
+    process, _port = start_triton(log_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def generation_port(log_dir, triton):
+    generation, port = start_generation(log_dir, triton.grpc_port)
     yield port
     generation.stop()
-    triton.stop()
 
 
 @pytest.fixture(scope="session")

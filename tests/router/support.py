@@ -23,7 +23,7 @@ from tests.stack_fixtures import CPU_MODEL_REPOSITORY
 
 # The stand-ins' own text generator: the exact answer a model gives to a prompt.
 sys.path.insert(0, str(REPO / "models" / "cpu"))
-from standin.text import complete, count_tokens  # noqa: E402
+from standin.text import Sampling, complete, count_tokens, natural_length  # noqa: E402
 
 CANARY_KEY = "router-tests-canary-key"
 GARDEN = PromptTemplate(version="3", system="You answer questions about gardening, briefly.")
@@ -45,6 +45,16 @@ def expected_answer(model: str, prompt: str, max_tokens: int) -> str:
     return complete(model, prompt, max_tokens, length_range=answer_range(model)).text
 
 
+def long_answer_request_id(template: PromptTemplate, question: str, model: str, min_tokens: int) -> str:
+    """A request id for which the model's natural answer to `question` has at least `min_tokens` tokens."""
+    for n in range(1000):
+        request_id = f"rid-long-{n}"
+        prompt = model_prompt(template, [Turn("user", question)], request_id)
+        if natural_length(model, prompt, Sampling(), answer_range(model)) >= min_tokens:
+            return request_id
+    raise AssertionError(f"no request id gives a {min_tokens}-token answer")
+
+
 def prompt_tokens(prompt: str) -> int:
     return count_tokens(prompt)
 
@@ -60,14 +70,23 @@ class Router:
         return inference_pb2_grpc.InferenceServiceStub(channel)
 
     def metric(self, name: str, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
+
+
+def scrape(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples at `url` that carry `labels`."""
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def scrape_triton(triton, name: str, **labels: str) -> float:
+    return scrape(triton.metrics_url, name, **labels)
 
 
 def start_router(log_dir: Path, name: str, config: dict[str, Any], settings: dict[str, Any] | None = None,

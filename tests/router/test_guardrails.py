@@ -17,7 +17,10 @@ from tests.router.support import (
     error_info,
     expected_answer,
     has_retry_info,
+    long_answer_request_id,
     model_prompt,
+    poll,
+    scrape_triton,
     start_router,
 )
 
@@ -130,3 +133,18 @@ def test_guardrails_down_fails_closed_unless_the_tenant_fails_open(log_dir, gene
         assert again.cache_status == pb.CACHE_STATUS_MISS, "unchecked answers are not cached"
     finally:
         router.process.stop()
+
+
+def test_cancelled_stream_through_the_output_check_cancels_the_model(guarded, triton):
+    active = "llmsuite_standin_active_requests"
+    cancelled_before = scrape_triton(triton, "llmsuite_standin_requests_total", model="full", outcome="cancelled")
+    question = "Tell a very long story about a patient gardener."
+    # An answer of 300+ tokens at 4 ms each is still running when the cancel arrives.
+    request_id = long_answer_request_id(PromptTemplate(), question, "full", 300)
+    stream = ask_stream(guarded.stub(), question, request_id=request_id, tier=pb.TIER_FULL,
+                        sampling=pb.SamplingParams(max_tokens=2000), cache_policy=pb.CACHE_POLICY_BYPASS)
+    assert next(stream).text_delta
+    stream.cancel()
+    poll(lambda: scrape_triton(triton, active, model="full") == 0, "the full stand-in idle again", timeout=15)
+    assert scrape_triton(triton, "llmsuite_standin_requests_total", model="full",
+                         outcome="cancelled") == cancelled_before + 1

@@ -7,7 +7,16 @@ import grpc
 import pytest
 from llmsuite.inference.v1 import inference_pb2 as pb
 
-from tests.router.support import ask, ask_stream, error_info, has_retry_info, poll, start_router
+from services.router.config import PromptTemplate
+from tests.router.support import (
+    ask,
+    ask_stream,
+    error_info,
+    has_retry_info,
+    long_answer_request_id,
+    poll,
+    start_router,
+)
 from tests.stack_fixtures import start_generation, start_triton
 
 pytestmark = pytest.mark.integration
@@ -20,8 +29,9 @@ def test_full_model_over_its_in_flight_cap_degrades_to_light(log_dir, generation
                                                       "max_in_flight": 1})
     try:
         stub = router.stub()
-        stream = ask_stream(stub, "Write a long story about gardens.", tier=pb.TIER_FULL, sampling=LONG,
-                            cache_policy=pb.CACHE_POLICY_BYPASS)
+        question = "Write a long story about gardens."
+        stream = ask_stream(stub, question, request_id=long_answer_request_id(PromptTemplate(), question, "full", 300),
+                            tier=pb.TIER_FULL, sampling=LONG, cache_policy=pb.CACHE_POLICY_BYPASS)
         assert next(stream).text_delta  # the full model's only slot is taken now
         reply = ask(stub, "Explain why leaves turn red in autumn, step by step.", sampling=pb.SamplingParams(max_tokens=8))
         assert (reply.tier, reply.model) == (pb.TIER_LIGHT, "light")
@@ -61,8 +71,9 @@ def test_triton_killed_mid_run_then_breaker_opens_and_recovers(log_dir, own_back
     cached_question = "Which tree gives the best shade?"
     ask(stub, cached_question, sampling=pb.SamplingParams(max_tokens=8))
 
-    stream = ask_stream(stub, "Tell me a very long story about a gardener.", tier=pb.TIER_FULL, sampling=LONG,
-                        cache_policy=pb.CACHE_POLICY_BYPASS, timeout=20)
+    question = "Tell me a very long story about a gardener."
+    stream = ask_stream(stub, question, request_id=long_answer_request_id(PromptTemplate(), question, "full", 300),
+                        tier=pb.TIER_FULL, sampling=LONG, cache_policy=pb.CACHE_POLICY_BYPASS, timeout=20)
     assert next(stream).text_delta
     started = time.monotonic()
     triton.signal(signal.SIGKILL)
