@@ -23,7 +23,6 @@ answered with another question's text.
 import argparse
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
