@@ -7,8 +7,8 @@ from typing import Any, Iterable, Mapping
 
 import grpc
 
-from gateway.keys import ADMIN_SCOPE, ApiKey, key_id_of, matches
 from gateway.authz.config import ScopeRule
+from gateway.keys import ADMIN_SCOPE, ApiKey, key_id_of, matches
 
 API_KEY_HEADER = "x-api-key"
 AUTHORIZATION_HEADER = "authorization"
