@@ -6,8 +6,9 @@ import pytest
 from services.router.cache import CachedAnswer, ResponseCache, Scope, exact_key
 from services.router.context import assemble
 from services.router.sessions import SessionStore
-from services.router.stores import MemoryStore
+from services.router.stores import MemoryStore, RedisStore
 from services.router.validation import Sampling, Turn
+from tests.harness import free_port
 
 SCOPE = Scope("acme", "light", "default@1#abc", Sampling(max_tokens=64), ("", 4, None))
 TURNS = (Turn("user", "What is the capital of France?"),)
@@ -96,3 +97,37 @@ def test_context_is_assembled_within_the_token_budget():
     assert assemble(hits, budget_tokens=0) == []
     first = assemble([Hit("big", 500)], budget_tokens=100)
     assert len(first) == 1 and len(first[0].text.split()) == 100 - 16
+
+
+@pytest.mark.integration
+async def test_redis_store_backs_answers_vectors_and_sessions(redis_url):
+    store = RedisStore(redis_url, timeout_s=1.0)
+    try:
+        cache = ResponseCache(store, store, semantic_max_entries=2)
+        key = exact_key(SCOPE, TURNS)
+        await cache.put(key, ANSWER, ttl_s=60)
+        assert await cache.get(key) == ANSWER
+        for n in range(3):  # the list keeps the newest two
+            await cache.add_vector(SCOPE, TURNS[0].content, _unit(1, n * 0.01), key, ttl_s=60)
+        assert len(await store.items(SCOPE.semantic_key())) == 2
+        hit = await cache.find_similar(SCOPE, "Which city is France's capital?", _unit(1, 0.01), 0.95)
+        assert hit is not None and hit.answer == ANSWER
+
+        sessions = SessionStore(store, max_turns=4, ttl_s=60)
+        await sessions.append("acme", "redis-session", [Turn("user", "one"), Turn("assistant", "1")])
+        assert [t.content for t in await sessions.history("acme", "redis-session", 10)] == ["one", "1"]
+        assert await sessions.history("globex", "redis-session", 10) == ()
+    finally:
+        await store.close()
+
+
+async def test_unreachable_redis_reads_as_a_miss():
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    try:
+        cache = ResponseCache(store, store, semantic_max_entries=2)
+        await cache.put("k", ANSWER, ttl_s=60)
+        assert await cache.get("k") is None
+        assert await cache.find_similar(SCOPE, "q", _unit(1), 0.5) is None
+        assert await SessionStore(store, 4, 60).history("acme", "s", 10) == ()
+    finally:
+        await store.close()

@@ -31,7 +31,8 @@ SAMPLING = pb.SamplingParams(max_tokens=24)
 
 @pytest.fixture(scope="module")
 def guarded(log_dir, generation_port, side_services):
-    router = start_router(log_dir, "router-guarded", {}, {
+    router = start_router(log_dir, "router-guarded", {"tenants": {"default": {},
+                                                                  "reversible": {"reversible_redaction": True}}}, {
         "generation_url": f"127.0.0.1:{generation_port}", "guardrails_url": f"127.0.0.1:{side_services['guardrails']}"})
     yield router
     router.process.stop()
@@ -63,6 +64,13 @@ def test_pii_is_redacted_before_the_model_and_the_answer_is_not_cached(guarded, 
     assert reply.cache_status == pb.CACHE_STATUS_BYPASS
     again = ask(stub, question, tier=pb.TIER_LIGHT, sampling=SAMPLING)
     assert again.cache_status == pb.CACHE_STATUS_BYPASS and again.tier == pb.TIER_LIGHT
+
+
+def test_reversible_redaction_round_trips_its_restore_token(guarded):
+    # The restore token is bound to the request id and tenant; the router forwards both to the output check.
+    reply = ask(guarded.stub(), "Mail jane.doe@example.com about the tulips.", tenant="reversible", sampling=SAMPLING)
+    assert reply.text and ("input", "EMAIL_ADDRESS", "redact") in {
+        (f.stage, f.entity, f.action) for f in reply.guardrail_findings}
 
 
 def _request_id_whose_answer_uses(word: str, question: str) -> tuple[str, str]:
