@@ -19,6 +19,10 @@ SECTIONS = {
     "router": "services.router.config:RouterSettings",
     "generation": "services.generation.config:GenerationSettings",
     "triton": "services.triton.config:TritonSettings",
+    "guardrails": "services.guardrails.config:GuardrailsSettings",
+    "retrieval": "services.retrieval.config:RetrievalSettings",
+    "authz": "gateway.authz.config:AuthzSettings",
+    "ratelimit": "gateway.ratelimit.config:RateLimitSettings",
 }
 
 

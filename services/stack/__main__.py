@@ -20,6 +20,8 @@ def main() -> None:
     p = stack.ports
     print(f"""
 llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
+  API key (development): {stack.api_key}
+      export LLMSUITE_API_KEY={stack.api_key}
   logs:     {stack.var_dir / 'logs'}
   try:      .venv/bin/llmsuite generate "Explain what a token bucket is"
   grpcurl:  .venv/bin/grpcurl -plaintext 127.0.0.1:{p.envoy} list

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from gateway.render import EnvoyParams, envoy_binary, render
+from gateway.keys import ensure_dev_key
+from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
 from services.stack.processes import REPO, ServiceProcess, free_port
 
 
@@ -23,11 +24,19 @@ class Ports:
     envoy_admin: int = 9901
     router: int = 50051
     router_metrics: int = 9101
+    guardrails: int = 50052
+    guardrails_metrics: int = 9102
+    retrieval: int = 50053
+    retrieval_metrics: int = 9103
     generation: int = 50054
     generation_metrics: int = 9104
     triton_grpc: int = 8001
     triton_http: int = 8000
     triton_metrics: int = 8002
+    authz: int = 50061
+    authz_metrics: int = 9161
+    ratelimit: int = 50062
+    ratelimit_metrics: int = 9162
 
     @classmethod
     def free(cls) -> "Ports":
@@ -57,38 +66,69 @@ class Stack:
     var_dir: Path = REPO / "var"
     listen_host: str = "127.0.0.1"
     model_repository: Path = REPO / "models" / "cpu"
+    # Extra settings per section (tests tighten limits, set keys, ...).
+    overrides: dict[str, dict] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # The development API key (created on first start, kept under var/gateway).
+    api_key: str = ""
+
+    def _env(self, section: str, **settings) -> dict[str, str]:
+        return _settings_env(section, **{**settings, **self.overrides.get(section, {})})
 
     def components(self) -> list[Component]:
         from services.triton.launcher import triton_command
 
         p = self.ports
         triton_argv, triton_env = triton_command(self.model_repository, p.triton_grpc, p.triton_http, p.triton_metrics)
+        gateway_dir = self.var_dir / "gateway"
+        keys_file = gateway_dir / "keys.yaml"
+        self.api_key = ensure_dev_key(keys_file, gateway_dir / "dev-key")
         envoy_config = self.var_dir / "envoy.yaml"
-        envoy_config.parent.mkdir(parents=True, exist_ok=True)
         envoy_config.write_text(render(EnvoyParams(
             listen_host=self.listen_host, listen_port=p.envoy, admin_port=p.envoy_admin,
             upstreams={
                 "router": [f"127.0.0.1:{p.router}"],
                 "generation": [f"127.0.0.1:{p.generation}"],
-                # Placeholders until these services join the stack: Envoy's health
-                # checks keep them out of rotation, so calls get UNAVAILABLE.
-                "guardrails": [f"127.0.0.1:{free_port()}"],
-                "retrieval": [f"127.0.0.1:{free_port()}"],
+                "guardrails": [f"127.0.0.1:{p.guardrails}"],
+                "retrieval": [f"127.0.0.1:{p.retrieval}"],
             },
+            security=EdgeSecurity(authz=[f"127.0.0.1:{p.authz}"], ratelimit=[f"127.0.0.1:{p.ratelimit}"]),
+            descriptor_set=str(REPO / "gen" / "llmsuite.pb"),
         )))
+
+        def grpc_ready(port: int, timeout: float = 180):
+            return lambda proc: proc.wait_grpc_healthy(port, timeout=timeout)
+
         return [
             Component("triton", triton_argv, triton_env,
                       lambda proc: proc.wait_http_ok(f"http://127.0.0.1:{p.triton_http}/v2/health/ready", timeout=180)),
             Component("generation", _python("services.generation"),
-                      _settings_env("generation", port=p.generation, metrics_port=p.generation_metrics,
-                                    triton_url=f"127.0.0.1:{p.triton_grpc}"),
-                      lambda proc: proc.wait_grpc_healthy(p.generation, timeout=180)),
+                      self._env("generation", port=p.generation, metrics_port=p.generation_metrics,
+                                triton_url=f"127.0.0.1:{p.triton_grpc}"),
+                      grpc_ready(p.generation)),
+            Component("guardrails", _python("services.guardrails"),
+                      self._env("guardrails", port=p.guardrails, metrics_port=p.guardrails_metrics),
+                      grpc_ready(p.guardrails)),
+            Component("retrieval", _python("services.retrieval"),
+                      self._env("retrieval", port=p.retrieval, metrics_port=p.retrieval_metrics,
+                                qdrant_path=self.var_dir / "qdrant"),
+                      grpc_ready(p.retrieval)),
             Component("router", _python("services.router"),
-                      _settings_env("router", port=p.router, metrics_port=p.router_metrics,
-                                    generation_url=f"127.0.0.1:{p.generation}"),
-                      lambda proc: proc.wait_grpc_healthy(p.router, timeout=60)),
-            Component("envoy", [str(envoy_binary()), "-c", str(envoy_config), "--log-level", "warn"], {},
+                      self._env("router", port=p.router, metrics_port=p.router_metrics,
+                                generation_url=f"127.0.0.1:{p.generation}",
+                                guardrails_url=f"127.0.0.1:{p.guardrails}",
+                                retrieval_url=f"127.0.0.1:{p.retrieval}"),
+                      grpc_ready(p.router, 60)),
+            Component("authz", _python("gateway.authz"),
+                      self._env("authz", port=p.authz, metrics_port=p.authz_metrics, keys_file=keys_file),
+                      grpc_ready(p.authz, 60)),
+            Component("ratelimit", _python("gateway.ratelimit"),
+                      self._env("ratelimit", port=p.ratelimit, metrics_port=p.ratelimit_metrics),
+                      grpc_ready(p.ratelimit, 60)),
+            # Hot restart is off: it needs a shared-memory region per machine, so two
+            # Envoys (a running stack and the tests) would collide.
+            Component("envoy", [str(envoy_binary()), "-c", str(envoy_config), "--log-level", "warn",
+                                "--disable-hot-restart"], {},
                       lambda proc: proc.wait_grpc_healthy(p.envoy, timeout=60)),
         ]
 

@@ -1,5 +1,6 @@
 """The walking skeleton end to end: client -> Envoy -> router -> generation -> Triton."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from grpc_health.v1 import health_pb2
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
-from services.router.prompt import render
+from services.router.config import RouterSettings
+from services.router.prompt import SecretSource, build
+from tests.generation.support import poll, scrape
 from services.router.validation import Turn
 from tests.harness import (
     ServiceProcess,
@@ -24,25 +27,33 @@ from tests.harness import (
 
 
 @pytest.fixture(scope="module")
-def inference(edge):
-    with grpc.insecure_channel(edge) as channel:
-        yield inference_pb2_grpc.InferenceServiceStub(channel)
+def inference(edge_channel):
+    return inference_pb2_grpc.InferenceServiceStub(edge_channel)
 
 
-def direct_generation(stack, prompt: str, model: str, max_tokens: int) -> generation_pb2.GenerateResponse:
-    """What the generation service answers for the prompt the router renders."""
+def direct_generation(stack, prompt: str, request_id: str, model: str,
+                      max_tokens: int) -> generation_pb2.GenerateResponse:
+    """What the generation service answers for the prompt the router builds.
+
+    The router's prompt has the default tenant's template and a per-request canary
+    derived from its key (set by the e2e stack) and the request id, so the test
+    can rebuild it exactly.
+    """
+    settings = RouterSettings(canary_key=stack.overrides["router"]["canary_key"])
+    template = settings.templates[settings.tenants["default"].template]
+    routed = build(template, (Turn("user", prompt),), SecretSource(settings.canary_key).for_request(request_id))
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports.generation}") as channel:
         stub = generation_pb2_grpc.GenerationServiceStub(channel)
         return stub.Generate(generation_pb2.GenerateRequest(
-            model=model, prompt=render((Turn("user", prompt),)),
-            sampling=generation_pb2.SamplingParams(max_tokens=max_tokens)), timeout=30)
+            model=model, prompt=routed, sampling=generation_pb2.SamplingParams(max_tokens=max_tokens)), timeout=30)
 
 
 def test_unary_generate_returns_the_stand_in_answer_and_token_counts(stack, inference):
     prompt = "Explain what a token bucket rate limiter does."
     reply = inference.Generate(inference_pb2.GenerateRequest(
-        prompt=prompt, tier=inference_pb2.TIER_LIGHT, sampling=inference_pb2.SamplingParams(max_tokens=24)), timeout=30)
-    expected = direct_generation(stack, prompt, "light", 24)
+        prompt=prompt, tier=inference_pb2.TIER_LIGHT, cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
+        sampling=inference_pb2.SamplingParams(max_tokens=24)), timeout=30)
+    expected = direct_generation(stack, prompt, reply.request_id, "light", 24)
     assert reply.text == expected.text and reply.text.strip()
     assert reply.usage.input_tokens == expected.input_tokens > 0
     assert reply.usage.output_tokens == expected.output_tokens > 0
@@ -54,12 +65,13 @@ def test_unary_generate_returns_the_stand_in_answer_and_token_counts(stack, infe
 def test_stream_deltas_add_up_to_the_final_answer(stack, inference):
     prompt = "List three uses of a message queue."
     messages = list(inference.GenerateStream(inference_pb2.GenerateStreamRequest(
-        prompt=prompt, tier=inference_pb2.TIER_FULL, sampling=inference_pb2.SamplingParams(max_tokens=16)), timeout=30))
+        prompt=prompt, tier=inference_pb2.TIER_FULL, cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
+        sampling=inference_pb2.SamplingParams(max_tokens=16)), timeout=30))
     deltas, final = messages[:-1], messages[-1]
     assert final.HasField("final") and all(not m.HasField("final") for m in deltas)
     assert len(deltas) > 1, "the answer arrives in pieces"
     assert "".join(m.text_delta for m in deltas) == final.final.text
-    expected = direct_generation(stack, prompt, "full", 16)
+    expected = direct_generation(stack, prompt, final.final.request_id, "full", 16)
     assert final.final.text == expected.text
     assert final.final.usage.output_tokens == expected.output_tokens
     assert final.final.finish_reason in (inference_pb2.FINISH_REASON_STOP, inference_pb2.FINISH_REASON_LENGTH)
@@ -85,11 +97,10 @@ def test_bad_input_gets_a_clear_error_and_service_keeps_serving(inference, reque
     assert inference.Generate(inference_pb2.GenerateRequest(prompt="still there?"), timeout=30).text
 
 
-def test_malformed_request_bytes_are_invalid_argument(edge, inference):
-    with grpc.insecure_channel(edge) as channel:
-        raw = channel.unary_unary("/llmsuite.inference.v1.InferenceService/Generate")
-        with pytest.raises(grpc.RpcError) as err:
-            raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+def test_malformed_request_bytes_are_invalid_argument(edge_channel, inference):
+    raw = edge_channel.unary_unary("/llmsuite.inference.v1.InferenceService/Generate")
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
     assert_grpc_error(err.value, grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded")
     assert inference.Generate(inference_pb2.GenerateRequest(prompt="ok"), timeout=30).text
 
@@ -109,10 +120,11 @@ def test_router_is_not_serving_until_generation_is(tmp_path):
         assert grpc_health_status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def test_cli_streams_an_answer_through_envoy(edge):
+def test_cli_streams_an_answer_through_envoy(edge, stack):
+    env = {**os.environ, "LLMSUITE_API_KEY": stack.api_key}
     result = subprocess.run([str(Path(sys.executable).parent / "llmsuite"), "generate", "Say hello to the operators",
                              "--target", edge, "--max-tokens", "12"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "tokens in/out" in result.stderr and "TIER_" in result.stderr
@@ -137,3 +149,52 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack, tmp_path):
         assert process.proc.wait(30) == 0
     finally:
         process.stop()
+
+
+def _triton_metrics(stack) -> dict:
+    return scrape(f"http://127.0.0.1:{stack.ports.triton_metrics}/metrics")
+
+
+def test_cancelling_a_stream_at_the_edge_cancels_the_triton_request(stack, inference):
+    active = ("llmsuite_standin_active_requests", (("model", "full"),))
+    cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled")))
+    before = _triton_metrics(stack).get(cancelled, 0)
+    # The full stand-in answers 32-384 tokens at 4 ms each; a prompt is retried
+    # only if its answer happened to finish before the cancellation arrived.
+    for attempt in range(5):
+        call = inference.GenerateStream(inference_pb2.GenerateStreamRequest(
+            prompt=f"Tell a long story about load balancers, take {attempt}.", tier=inference_pb2.TIER_FULL,
+            cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
+            sampling=inference_pb2.SamplingParams(max_tokens=2000)), timeout=60)
+        assert next(call).text_delta
+        call.cancel()
+        after = poll(lambda: (lambda m: m if m.get(active, 0) == 0 else None)(_triton_metrics(stack)),
+                     "Triton's active request count back to 0", timeout=15)
+        if after.get(cancelled, 0) > before:
+            break
+    assert after.get(cancelled, 0) == before + 1, "no stream cancellation reached Triton"
+
+
+def test_triton_down_means_unavailable_then_recovery_without_restarts(stack, inference):
+    triton = stack.processes["triton"]
+    request = inference_pb2.GenerateRequest(prompt="Is anyone there?", cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
+                                            sampling=inference_pb2.SamplingParams(max_tokens=8))
+    triton.stop()
+    try:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                inference.Generate(request, timeout=10)
+            # UNAVAILABLE (not DEADLINE_EXCEEDED): the failure came before the deadline.
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+    finally:
+        triton.start()
+        triton.wait_http_ok(f"http://127.0.0.1:{stack.ports.triton_http}/v2/health/ready", timeout=120)
+
+    def answered():
+        try:
+            return inference.Generate(request, timeout=10).text
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+            return None
+
+    assert poll(answered, "an answer after Triton came back", timeout=60)

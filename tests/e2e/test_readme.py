@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.keys import add_key
 from services.common.configdoc import reference
 from tests.harness import REPO
 
@@ -25,30 +26,55 @@ def grpcurl_examples() -> list[str]:
     return [line for line in _block("grpcurl-examples").splitlines() if "grpcurl" in line]
 
 
+@pytest.fixture(scope="module")
+def shell_env(stack):
+    """The environment a reader has after following the README: keys exported."""
+    admin_key = add_key(stack.var_dir / "gateway" / "keys.yaml", "e2e-admin", "default", ["admin"])
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "LLMSUITE_ADMIN_KEY": admin_key}
+
+
+def run_verbatim(command: str, stack, env) -> subprocess.CompletedProcess:
+    command = (command.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}")
+               .replace("var/gateway/", f"{stack.var_dir}/gateway/"))
+    export = next(line for line in _block("grpcurl-examples").splitlines() if line.startswith("export "))
+    export = export.replace("var/gateway/", f"{stack.var_dir}/gateway/")
+    return subprocess.run(f"{export}\n{command}", shell=True, cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
 def test_readme_lists_grpcurl_for_every_service():
     examples = " ".join(grpcurl_examples())
     for service in ("inference", "generation", "guardrails", "retrieval"):
         assert f"describe llmsuite.{service}.v1." in examples
+        assert re.search(rf"llmsuite\.{service}\.v1\.\w+Service/\w+", examples), f"no call of {service}"
 
 
 @pytest.mark.parametrize("command", grpcurl_examples())
-def test_readme_grpcurl_example_runs_verbatim(edge, command):
-    command = command.replace("127.0.0.1:8080", edge)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(command, shell=True, cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
+    result = run_verbatim(command, stack, shell_env)
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout
-    if command.split()[2] == "list" or " list" in command:
+    words = command.split()
+    if "list" in words:
         for service in ("inference", "generation", "guardrails", "retrieval"):
             assert f"llmsuite.{service}.v1." in output
-    elif " describe " in command:
+    elif "describe" in words:
         assert "is a service" in output and "rpc " in output
     elif "Health/Check" in command:
         assert json.loads(output)["status"] == "SERVING"
+    elif "GenerateStream" in command:
+        messages = [json.loads(chunk) for chunk in re.split(r"(?<=\})\n(?=\{)", output.strip())]
+        assert "final" in messages[-1] and messages[-1]["final"]["text"]
+    elif "CheckInput" in command:
+        reply = json.loads(output)
+        assert reply["verdict"] == "VERDICT_REDACT" and "jane.doe@example.com" not in reply["sanitizedText"]
+    elif "ListModels" in command:
+        assert {model["name"] for model in json.loads(output)["models"]} >= {"light", "full"}
     else:
-        assert output.strip().startswith("{"), output
+        assert json.loads(output) is not None
 
 
 def test_readme_configuration_reference_matches_the_code():
     assert _block("config-reference").strip() == reference().strip(), \
-        "regenerate the README block with: python -m services.common.configdoc"
+        "regenerate the README block with: python -m services.common.configdoc --readme"
