@@ -181,25 +181,13 @@ class Pipeline:
         single_question = len(turns) == 1 and vector is not None and not checked.redacted
         threshold = tenant.semantic_threshold or settings.semantic_threshold
 
-        cache_status = inference_pb2.CACHE_STATUS_BYPASS
+        cache_status = inference_pb2.CACHE_STATUS_MISS if plan.read else inference_pb2.CACHE_STATUS_BYPASS
         if plan.read:
-            cache_status = inference_pb2.CACHE_STATUS_MISS
-            cached = await self._cache.get(key)
-            CACHE_LOOKUPS.labels("exact", "hit" if cached else "miss").inc()
-            if cached is not None:
-                async for event in self._from_cache(cached, inference_pb2.CACHE_STATUS_HIT_EXACT, inference,
-                                                    checked, tenant_id, state, streaming):
+            found = await self._lookup(plan, key, scope, question, vector if single_question else None, threshold)
+            if found is not None:
+                async for event in self._from_cache(*found, inference, checked, tenant_id, state, streaming):
                     yield event
                 return
-            if plan.semantic and single_question:
-                hit = await self._cache.find_similar(scope, question, vector, threshold)
-                CACHE_LOOKUPS.labels("semantic", "hit" if hit else "miss").inc()
-                if hit is not None:
-                    log.info("semantic cache hit", extra={"similarity": round(hit.similarity, 4)})
-                    async for event in self._from_cache(hit.answer, inference_pb2.CACHE_STATUS_HIT_SEMANTIC,
-                                                        inference, checked, tenant_id, state, streaming):
-                        yield event
-                    return
 
         documents: list[Document] = []
         if rag:
@@ -258,8 +246,9 @@ class Pipeline:
         if completion is not None:
             finish = _FINISH.get(completion.finish_reason, inference_pb2.FINISH_REASON_STOP)
         state.findings.extend(_finding("output", f) for f in outcome.findings)
-        GUARDRAIL_VERDICTS.labels("output", "block" if outcome.blocked else "redact" if outcome.redacted
-                                  else "unchecked" if outcome.unchecked else "allow").inc()
+        if self._guardrails is not None:
+            GUARDRAIL_VERDICTS.labels("output", "block" if outcome.blocked else "redact" if outcome.redacted
+                                      else "unchecked" if outcome.unchecked else "allow").inc()
         if outcome.blocked:
             finish = inference_pb2.FINISH_REASON_CONTENT_FILTER
             log.warning("output guardrails stopped the answer", extra={"reasons": _detail(outcome.reasons)})
@@ -304,6 +293,22 @@ class Pipeline:
             session_id=inference.session_id or "",
             sources=state.sources,
         )
+
+    async def _lookup(self, plan: CachePlan, key: str, scope: Scope, question: str, vector: np.ndarray | None,
+                      threshold: float) -> tuple[CachedAnswer, int] | None:
+        """Tier 1: the exact cache, then (when enabled and possible) the semantic cache."""
+        cached = await self._cache.get(key)
+        CACHE_LOOKUPS.labels("exact", "hit" if cached else "miss").inc()
+        if cached is not None:
+            return cached, inference_pb2.CACHE_STATUS_HIT_EXACT
+        if not plan.semantic or vector is None:
+            return None
+        hit = await self._cache.find_similar(scope, question, vector, threshold)
+        CACHE_LOOKUPS.labels("semantic", "hit" if hit else "miss").inc()
+        if hit is None:
+            return None
+        log.info("semantic cache hit", extra={"similarity": round(hit.similarity, 4)})
+        return hit.answer, inference_pb2.CACHE_STATUS_HIT_SEMANTIC
 
     async def _embed(self, text: str, deadline: Deadline) -> np.ndarray | None:
         """The question's embedding, or None when retrieval cannot give one now."""
