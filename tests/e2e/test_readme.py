@@ -68,7 +68,7 @@ def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
         assert "final" in messages[-1] and messages[-1]["final"]["text"]
     elif "CheckInput" in command:
         reply = json.loads(output)
-        assert reply["verdict"] == "VERDICT_REDACT" and "jane.doe@example.com" not in reply["sanitizedText"]
+        assert reply["verdict"] == "VERDICT_REDACT" and "jane.doe@example.com" not in reply["sanitized_text"]
     elif "ListModels" in command:
         assert {model["name"] for model in json.loads(output)["models"]} >= {"light", "full"}
     else:
