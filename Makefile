@@ -17,8 +17,8 @@ setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF)
 
 # Debian packages the tests and `make run` start for real.
 $(SYSTEM):
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q redis-server docker-compose)
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client)
 	@mkdir -p build && touch $@
 
 $(DEPS): requirements.lock pyproject.toml
