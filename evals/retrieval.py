@@ -162,7 +162,9 @@ def run_service(tmp: Path, quantize: bool, split: str, modes: list[str], with_la
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
             print(f"[{label}] ingesting {data / 'corpus.jsonl'}", file=sys.stderr)
-            result = {"ingest": ingest(stub, data / "corpus.jsonl", metrics_port), "modes": {}}
+            # The machine is shared: the load average shows how much others competed for the CPU.
+            result = {"load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                      "ingest": ingest(stub, data / "corpus.jsonl", metrics_port), "modes": {}}
             for mode in modes:
                 print(f"[{label}] {mode}: quality on {len(qrels)} {split} queries", file=sys.stderr)
                 result["modes"][mode] = quality(stub, queries, qrels, mode)
@@ -170,6 +172,7 @@ def run_service(tmp: Path, quantize: bool, split: str, modes: list[str], with_la
                     result["modes"][mode]["latency"] = latency(stub, [queries[q] for q in qrels], mode)
     finally:
         process.stop()
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 
@@ -200,16 +203,18 @@ def evaluate(args: argparse.Namespace) -> int:
     report = {"split": args.split, "queries": len(qrels), "machine": f"{os.cpu_count()} CPUs",
               "latency_note": "client-side Search over gRPC, top_k=10, sequential, query embedding included",
               "quality_note": "Search top_k=100 with group_by_document; a document scores as its best chunk"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="eval-retrieval-") as tmp:
         report["int8"] = run_service(Path(tmp), True, args.split, list(MODES), with_latency=True)
+        # Written now too, so the int8 results survive an interrupted fp32 run.
+        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if not args.no_fp32:
             report["fp32"] = run_service(Path(tmp), False, args.split, ["dense", "hybrid"], with_latency=True)
     if "fp32" in report:
         report["int8_cost"] = {mode: {"ndcg@10": round(report["int8"]["modes"][mode]["ndcg@10"]
                                                        - report["fp32"]["modes"][mode]["ndcg@10"], 4)}
                                for mode in report["fp32"]["modes"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(report))
     print(f"\nwrote {out}")

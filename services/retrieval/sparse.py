@@ -35,7 +35,7 @@ _STEM_CACHE_LIMIT = 500_000
 class SparseEncoder:
     """Turns text into (indices, values) sparse vectors; thread-safe."""
 
-    def __init__(self, *, k1: float = 1.2, b: float = 0.75, avg_len: float = 120.0):
+    def __init__(self, *, k1: float = 0.9, b: float = 0.3, avg_len: float = 60.0):
         self.k1 = k1
         self.b = b
         self.avg_len = avg_len
