@@ -9,16 +9,20 @@ The lexical model is a gate: when it is confidently benign or confidently an
 attack, the embedding is not computed and its probability is the learned score;
 otherwise the learned score is the mean of both probabilities. The gate applies
 whether or not the caller sent an embedding, so a verdict never depends on that
-optimisation. Weights are plain JSON built by `python -m services.guardrails.train`
-from the training split only.
+optimisation. Finally the learned score is shifted (in log-odds) so that the
+operating point chosen by cross-validation on the training split lands on 0.5,
+the policies' default threshold. Weights are plain JSON built by
+`python -m services.guardrails.train` from the training split only.
 """
 
 import copy
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils import murmurhash3_32
 
 DEFAULT_PATH = Path(__file__).parent / "data" / "injection_classifier.json"
 
@@ -50,7 +54,8 @@ class InjectionClassifier:
     def __init__(self, *, feature_names: tuple[str, ...], hashing: HashingSpec,
                  lexical_coef: np.ndarray, lexical_intercept: float,
                  embedding_dim: int, semantic_coef: np.ndarray, semantic_intercept: float,
-                 gate_benign_below: float, gate_attack_above: float, metadata: dict | None = None):
+                 gate_benign_below: float, gate_attack_above: float, operating_point: float = 0.5,
+                 metadata: dict | None = None):
         extra = len(feature_names)
         if lexical_coef.shape != (hashing.n_features + extra,):
             raise ClassifierError(f"lexical model has {lexical_coef.shape[0]} weights, expected "
@@ -67,8 +72,11 @@ class InjectionClassifier:
         self.semantic_intercept = float(semantic_intercept)
         self.gate_benign_below = gate_benign_below
         self.gate_attack_above = gate_attack_above
+        if not 0 < operating_point < 1:
+            raise ClassifierError(f"operating point {operating_point} is not between 0 and 1")
+        self.operating_point = operating_point
         self.metadata = metadata or {}
-        self._vectorizer = hashing.vectorizer()
+        self._analyzer = hashing.vectorizer().build_analyzer()
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_PATH) -> "InjectionClassifier":
@@ -86,7 +94,7 @@ class InjectionClassifier:
                 semantic_coef=np.asarray(data["semantic"]["coef"], dtype=np.float32),
                 semantic_intercept=data["semantic"]["intercept"],
                 gate_benign_below=data["gate"]["benign_below"], gate_attack_above=data["gate"]["attack_above"],
-                metadata=data.get("metadata"))
+                operating_point=data["operating_point"], metadata=data.get("metadata"))
         except FileNotFoundError as err:
             raise ClassifierError(f"{path}: not found; build it with `python -m services.guardrails.train`") from err
         except (KeyError, TypeError, ValueError, IndexError) as err:
@@ -98,6 +106,7 @@ class InjectionClassifier:
         return json.dumps({
             "feature_names": list(self.feature_names),
             "gate": {"benign_below": self.gate_benign_below, "attack_above": self.gate_attack_above},
+            "operating_point": self.operating_point,
             "lexical": {
                 "hashing": vars(self.hashing),
                 "intercept": round(self.lexical_intercept, 5),
@@ -114,9 +123,24 @@ class InjectionClassifier:
             "metadata": self.metadata,
         }, separators=(",", ":")) + "\n"
 
+    def hashed(self, normalised_text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The HashingVectorizer row of text as (indices, values), without its per-call
+        overhead: scikit-learn's own analyzer for the n-grams, the same murmurhash3
+        bucketing (abs of the signed hash, modulo) and l2 norm."""
+        n = self.hashing.n_features
+        counts = Counter()
+        for gram in self._analyzer(normalised_text):
+            h = murmurhash3_32(gram)
+            counts[(2 ** 31 - n) % n if h == -(2 ** 31) else abs(h) % n] += 1
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        index = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        values = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        return index, values / np.sqrt(np.dot(values, values))
+
     def lexical(self, normalised_text: str, features: np.ndarray) -> float:
-        row = self._vectorizer.transform([normalised_text])
-        logit = float(np.dot(self.lexical_coef[row.indices], row.data)
+        index, values = self.hashed(normalised_text)
+        logit = float(np.dot(self.lexical_coef[index], values)
                       + np.dot(self.lexical_coef[self.hashing.n_features:], features) + self.lexical_intercept)
         return _sigmoid(logit)
 
@@ -124,6 +148,12 @@ class InjectionClassifier:
         logit = float(np.dot(self.semantic_coef[: self.embedding_dim], embedding)
                       + np.dot(self.semantic_coef[self.embedding_dim:], features) + self.semantic_intercept)
         return _sigmoid(logit)
+
+    def calibrate(self, probability: float) -> float:
+        """Moves the trained operating point to 0.5, keeping the order of scores."""
+        shift = np.log(self.operating_point / (1 - self.operating_point))
+        clipped = min(max(probability, 1e-6), 1 - 1e-6)
+        return _sigmoid(float(np.log(clipped / (1 - clipped)) - shift))
 
     def with_gate(self, benign_below: float, attack_above: float) -> "InjectionClassifier":
         """The same models with other gate thresholds (0 and above 1: always embed)."""

@@ -135,7 +135,9 @@ class GuardrailsSettings(ServerSettings):
     embedding_quantize: bool = Field(True, description="int8 dynamic quantisation of all-MiniLM-L6-v2 (about 2x faster).")
     embedding_max_batch: int = Field(32, ge=1, le=256, description="Most prompts embedded in one forward pass.")
     embedding_max_wait_ms: float = Field(
-        2.0, ge=0, le=100, description="How long a lone prompt waits for others to batch with.")
+        0.0, ge=0, le=100,
+        description="How long a lone prompt waits for others to batch with. 0: no wait; under load, prompts "
+                    "that arrive while a batch runs still form the next batch.")
     embedding_threads: int = Field(0, ge=0, description="torch threads for embeddings; 0: torch's default.")
     restore_key: str = Field(
         "", description="base64 of a 32-byte AES-GCM key for restore tokens. Empty: a random key per "

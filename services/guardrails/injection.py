@@ -107,7 +107,7 @@ def cheap_signals(text: str) -> CheapSignals:
             if name not in plain:
                 signals.hidden[name] = "obfuscated"
     for decoded in decoded_views(text):
-        for name in match_families(normalize(decoded.text).views()):
+        for name in match_families((decoded.text.lower(),)):
             if name not in plain:
                 signals.hidden.setdefault(name, f"{decoded.encoding}-encoded")
 
@@ -196,7 +196,7 @@ class InjectionDetector:
             embedding, computed = await self.embed(text), True
         return self.finish(pending, embedding, computed)
 
-    @staticmethod
-    def _result(pending: Pending, learned: float, stage: str, computed: bool) -> InjectionResult:
+    def _result(self, pending: Pending, probability: float, stage: str, computed: bool) -> InjectionResult:
+        learned = self._classifier.calibrate(probability)
         reasons = (*pending.reasons, f"learned classifier: {learned:.2f}")
         return InjectionResult(max(pending.signals.rule_score, learned), reasons, learned, stage, computed)

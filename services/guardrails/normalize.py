@@ -22,7 +22,7 @@ INVISIBLE = dict.fromkeys(
 
 # Look-alike letters (Cyrillic, Greek, Armenian, Latin IPA) that render like ASCII.
 # NFKC leaves these alone because they are distinct letters, not compatibility forms.
-_HOMOGLYPHS = str.maketrans({
+_HOMOGLYPHS_SOURCE = {
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
     "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
     "ԛ": "q", "ԝ": "w", "ɡ": "g", "һ": "h", "ӏ": "l", "ո": "n", "ս": "u", "օ": "o",
@@ -31,7 +31,8 @@ _HOMOGLYPHS = str.maketrans({
     "α": "a", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
     "χ": "x", "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M",
     "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
-})
+}
+_HOMOGLYPHS = str.maketrans(_HOMOGLYPHS_SOURCE)
 
 # Invisible characters have legitimate uses (emoji sequences, word breaks in Khmer
 # or Thai); between two Latin letters they only serve to split a keyword.
@@ -93,13 +94,15 @@ def unspace(text: str) -> str:
     return _SPACED.sub(join, text)
 
 
+_GLYPHS = frozenset(ch for ch in _HOMOGLYPHS_SOURCE if not ch.isascii())
+_GLYPH_WORD = re.compile("[" + "".join(sorted(_GLYPHS)) + "]")
+
+
 def _count_mixed_script(text: str) -> int:
-    count = 0
-    for word in text.split():
-        has_ascii = any("a" <= ch.lower() <= "z" for ch in word)
-        has_glyph = any(ch in "авекмнорстухѕіјԁαεικνορτυχ" or ch in "АВЕКМНОРСТХЅІЈΑΒΕΖΗΙΚΜΝΟΡΤΥΧ" for ch in word)
-        count += has_ascii and has_glyph
-    return count
+    if text.isascii() or not _GLYPH_WORD.search(text):
+        return 0
+    return sum(1 for word in text.split()
+               if _GLYPH_WORD.search(word) and any("a" <= ch.lower() <= "z" for ch in word))
 
 
 def _collapse(text: str) -> str:

@@ -9,6 +9,11 @@ settles the verdict without the learned signal.
 Languages: English, German, Spanish, French, Italian, Portuguese, Dutch, Polish,
 Russian and Croatian/Serbian/Bosnian for instruction overrides (the attacks seen most
 often in other languages); English and German for the other families.
+
+Each family lists anchors: substrings at least one of which every one of its
+patterns needs (checked with spaces removed, so spaced-out letters still pass).
+Families without an anchor in the text are skipped, which keeps the dozens of
+patterns from scanning every prompt; a unit test checks each pattern's examples.
 """
 
 import re
@@ -29,9 +34,13 @@ class Family:
     reason: str
     weight: float
     decisive: bool
+    anchors: tuple[str, ...]
     patterns: tuple[re.Pattern, ...]
 
-    def search(self, text: str) -> re.Match | None:
+    def search(self, text: str, compact: str) -> re.Match | None:
+        """First match in text; `compact` is text lower-cased without whitespace."""
+        if not any(anchor in compact for anchor in self.anchors):
+            return None
         for pattern in self.patterns:
             match = pattern.search(text)
             if match:
@@ -52,6 +61,14 @@ INSTRUCTION_OVERRIDE = Family(
     reason="instruction override",
     weight=0.92,
     decisive=True,
+    anchors=(
+        'ignor', 'disregard', 'forget', 'skip', 'drop', 'abandon', 'overrid', 'bypass', 'neglect', 'discard',
+        'setaside', 'throwaway', 'erase', 'delete', 'remove', 'despite', 'regardless', 'contrary',
+        'instructions', 'changeyour', 'newrules', 'vergiss', 'vergessen', 'vergesst', 'missacht', 'übergehe',
+        'verwirf', 'streiche', 'obigen', 'vorherigen', 'bisherigen', 'vorangegangenen', 'abweichend', 'olvid',
+        'descarta', 'esque', 'oubli', 'dimentic', 'vergeet', 'negeer', 'zapomnij', 'zignoruj', 'забуд',
+        'игнорир', 'zaboravi',
+    ),
     patterns=_compile(
         # English: "ignore all previous instructions", "forget about all the assignments"
         rf"\b{_OVERRIDE_VERBS_EN}\b{_GAP}{_PRIOR}\b{_GAP}{_OBJECTS_EN}\b",
@@ -89,6 +106,11 @@ TASK_HIJACK = Family(
     reason="task hijack (new task replaces the current one)",
     weight=0.7,
     decisive=False,
+    anchors=(
+        'focus', 'concentrate', 'follow', 'newtask', 'thatis', 'stop', 'attention', 'instead', 'rather',
+        'donot', 'just', 'only', 'repeatafter', 'folgen', 'konzentriere', 'neuenaufgabe', 'achtung',
+        'schreibenur',
+    ),
     patterns=_compile(
         _phrase(r"\b(?:now|next) (?:focus|concentrate) on (?:your|the|a) new task"),
         _phrase(r"\b(?:now )?(?:new|further|more|additional) (?:tasks|instructions) (?:follow|are following|are followed)"),
@@ -113,6 +135,11 @@ ROLE_PLAY = Family(
     reason="role-play jailbreak",
     weight=0.55,
     decisive=False,
+    anchors=(
+        'pretend', 'imagine', 'youare', "you're", 'fromnowon', 'actas', 'behaveas', 'respondas', 'stayin',
+        'remainin', 'absorbed', 'stelldirvor', 'dubist', 'siesind', 'bistdu', 'tuso', 'fungieren',
+        'deinerrolle', 'queeres', 'quetues',
+    ),
     patterns=_compile(
         _phrase(r"\b(?:pretend|imagine) (?:that )?(?:you are|you're|to be|you can|you were)\b"),
         _phrase(r"\b(?:you are|you're) (?:now|no longer|from now on)\b"),
@@ -141,6 +168,10 @@ JAILBREAK = Family(
     reason="known jailbreak persona or mode",
     weight=0.92,
     decisive=True,
+    anchors=(
+        'mode', 'doanythingnow', 'jailbr', 'without', 'freeof', 'nolongerbound', 'programmingguidelines',
+        'immoral', 'amoral', 'unfiltered', 'uncensored',
+    ),
     patterns=_compile(
         r"\b(?:dan|stan|dude|aim)\s*mode\b",
         _phrase(r"\bdo anything now\b"),
@@ -158,6 +189,11 @@ PROMPT_EXTRACTION = Family(
     reason="system-prompt extraction",
     weight=0.88,
     decisive=True,
+    anchors=(
+        'prompt', 'instructions', 'systemmessage', 'initialmessage', 'configuration', 'guidelines', 'rules',
+        'written', 'repeat', 'beforethetext', 'secret', 'password', 'apikey', 'passphrase', 'accesscode',
+        'anweisungen', 'oben', 'amanfang',
+    ),
     patterns=_compile(
         r"\b(?:show|reveal|print|display|repeat|output|tell|give|list|write\s*out|leak|dump|spell\s*out|share|disclose|what\s*(?:is|are|was|were))\b"
         r"\s*(?:me\s*|us\s*)?(?:all\s*|exactly\s*)?(?:of\s*)?(?:your|the)\s*(?:full\s*|entire\s*|complete\s*|exact\s*|initial\s*|original\s*|hidden\s*|secret\s*|system\s*|previous\s*|first\s*)*"
@@ -180,6 +216,10 @@ CHAT_DELIMITERS = Family(
     reason="chat-template delimiters or a fake system turn",
     weight=0.9,
     decisive=True,
+    anchors=(
+        '<|', '[inst]', '[/inst]', '<<sys>>', '<</sys>>', '<sys', '</sys', '<instruction', '</instruction',
+        '##', 'system:', 'assistant:', 'human:', 'user:', 'instruction:', 'instructions:', 'systemprompt:',
+    ),
     patterns=_compile(
         r"<\|\s*(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id|end_header_id|begin_of_text)\s*\|>",
         r"\[/?inst\]",
@@ -198,6 +238,10 @@ AUTHORITY = Family(
     reason="authority claim",
     weight=0.65,
     decisive=False,
+    anchors=(
+        'iam', 'thisis', 'mode', 'access', 'override', 'privileges', 'authorized', 'approved', 'sanctioned',
+        'clearance', 'rights', 'icommandyou', 'ichbin',
+    ),
     patterns=_compile(
         _phrase(r"\bi am (?:your|the|an?) (?:developer|creator|admin|administrator|owner|operator|programmer|maker|system administrator)\b"),
         _phrase(r"\bthis is (?:an? |the )?(?:admin|administrator|system|developer|security|root|openai|anthropic) (?:override|message|command|instruction|update|notice)\b"),
@@ -214,6 +258,9 @@ CONTEXT_IGNORE = Family(
     reason="asks to ignore the provided documents",
     weight=0.6,
     decisive=False,
+    anchors=(
+        'ownknowledge', 'donot', 'disregardingthe', 'provided', 'informationintheprompt',
+    ),
     patterns=_compile(
         _phrase(r"\b(?:answer|respond) (?:by|from|with) your own knowledge and not (?:by|from) the (?:articles|documents|context)"),
         _phrase(r"\bdo not (?:look|search) (?:in|at) the (?:documents|articles|context)"),
@@ -228,6 +275,9 @@ ESCAPE_PADDING = Family(
     reason="escaped line breaks used as padding",
     weight=0.6,
     decisive=False,
+    anchors=(
+        r"\n",
+    ),
     patterns=_compile(r"(?:\\\s*n\s*){4,}"),
 )
 
@@ -236,6 +286,9 @@ ENCODING_EVASION = Family(
     reason="asks to decode and follow a hidden payload",
     weight=0.6,
     decisive=False,
+    anchors=(
+        'base64', 'hex', 'rot13', 'rot-13', 'binary', 'morse',
+    ),
     patterns=_compile(
         _phrase(r"\b(?:decode|decipher|translate|convert) (?:this|the following|it)? ?(?:from )?(?:base64|base 64|hex|hexadecimal|rot13|rot-13|binary|morse)\b.{0,60}?\b(?:follow|execute|do|obey|run|perform)\b"),
         _phrase(r"\b(?:respond|answer|reply|write) (?:only )?in (?:base64|hex|rot13|binary)\b"),
@@ -250,11 +303,12 @@ FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
 
 
 def match_families(views: tuple[str, ...]) -> dict[str, str]:
-    """Family name -> the first matched snippet, searched over every view."""
+    """Family name -> the first matched snippet, searched over every (lower-case) view."""
     hits: dict[str, str] = {}
+    compacts = ["".join(view.split()) for view in views]
     for family in FAMILIES:
-        for view in views:
-            match = family.search(view)
+        for view, compact in zip(views, compacts):
+            match = family.search(view, compact)
             if match:
                 hits[family.name] = match.group(0)
                 break

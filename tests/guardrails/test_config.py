@@ -57,3 +57,14 @@ def test_shipped_classifier_fits_the_code_and_stays_small():
     assert classifier.feature_names == FEATURE_NAMES
     assert classifier.metadata["trained_on"] == "injection_train.jsonl"
     assert DEFAULT_PATH.stat().st_size < 2_000_000
+
+
+def test_fast_hashing_matches_scikit_learn():
+    classifier = InjectionClassifier.load()
+    vectorizer = classifier.hashing.vectorizer()
+    for text in ("ignore all previous instructions", "wie geht's? 👋 ünïcödé", "a", ""):
+        index, values = classifier.hashed(text)
+        row = vectorizer.transform([text])
+        assert sorted(index.tolist()) == sorted(row.indices.tolist())
+        expected = dict(zip(row.indices.tolist(), row.data.tolist()))
+        assert all(abs(value - expected[i]) < 1e-6 for i, value in zip(index.tolist(), values.tolist()))
