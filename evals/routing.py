@@ -11,7 +11,9 @@ gRPC as a client would:
      different) for a tenant with the semantic cache on;
   3. sends the same requests pinned to the full model with the cache bypassed:
      the cost of serving everything with the full model.
-Writes reports/routing.json and prints a table. Stand-in models answer, so costs
+Guardrails check every request with injection blocking off (scores reported only),
+so that guardrails' own false positives, which eval-guardrails measures, do not
+remove workload items. Writes reports/routing.json and prints a table. Stand-in models answer, so costs
 come from their token counts and the configured price table; what is measured is
 the routing (shares, cache hits, wrong hits, overhead), not answer quality.
 
@@ -99,8 +101,14 @@ class Stack:
             "guardrails": {"port": ports["guardrails"], "metrics_port": free_port(),
                            "blank_model_dir": str(self.work / "spacy-blank")},
         }
+        # Guardrails check every request, but injection scores are only reported: their
+        # false positives are measured by eval-guardrails and would remove workload items here.
+        guardrails_config = self.work / "guardrails.yaml"
+        guardrails_config.write_text(yaml.safe_dump({"guardrails": {
+            "policies": {"default": {"injection_action": "allow"}}}}))
         side = [ServiceProcess(name, [sys.executable, "-m", f"services.{name}"], self.logs,
-                               env=service_env(name, values)) for name, values in settings.items()]
+                               env={**service_env(name, values), "LLMSUITE_CONFIG": str(guardrails_config)})
+                for name, values in settings.items()]
         for process in side:
             self.processes.append(process.start())
         for process in side:
@@ -151,13 +159,11 @@ def run_workload(stub, workload: list[dict]) -> list[dict]:
     return results
 
 
-def run_all_full(stub, workload: list[dict]) -> list[float]:
-    """Cost of each request served by the full model, cache bypassed (4 at a time)."""
+def run_all_full(stub, workload: list[dict]) -> list[float | None]:
+    """Cost of each request served by the full model, cache bypassed (4 at a time); None when refused."""
     def one(item):
-        reply, error = send(stub, item["prompt"], tier=pb.TIER_FULL, cache_policy=pb.CACHE_POLICY_BYPASS)
-        if reply is None:
-            raise RuntimeError(f"all-full baseline failed on {item['id']}: {error}")
-        return reply.cost_usd
+        reply, _error = send(stub, item["prompt"], tier=pb.TIER_FULL, cache_policy=pb.CACHE_POLICY_BYPASS)
+        return None if reply is None else reply.cost_usd
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, workload))
 
@@ -166,7 +172,7 @@ def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3) if values else 0.0
 
 
-def summarise(results: list[dict], baseline: list[float], tuning: dict, workload_path: Path) -> dict:
+def summarise(results: list[dict], baseline: list[float | None], tuning: dict, workload_path: Path) -> dict:
     answered = [r for r in results if not r["error"]]
     by = Counter()
     for row in answered:
@@ -179,8 +185,10 @@ def summarise(results: list[dict], baseline: list[float], tuning: dict, workload
         else:
             by["full"] += 1
     total = max(len(answered), 1)
-    routed_cost = sum(row["cost_usd"] for row in answered)
-    all_full = sum(baseline)
+    # Costs compare the requests both runs answered (input guardrails may refuse some).
+    both = [(row, full) for row, full in zip(results, baseline) if not row["error"] and full is not None]
+    routed_cost = sum(row["cost_usd"] for row, _ in both)
+    all_full = sum(full for _, full in both)
     semantic_hits = [row for row in answered if row["cache"] == "CACHE_STATUS_HIT_SEMANTIC"]
     negatives = [row for row in answered if row["kind"] == "negative"]
     paraphrases = [row for row in answered if row["kind"] == "paraphrase"]
@@ -195,6 +203,7 @@ def summarise(results: list[dict], baseline: list[float], tuning: dict, workload
         "share": {key: round(by[key] / total, 3) for key in ("cache_exact", "cache_semantic", "light", "full")},
         "tier_by_kind": tiers_by_kind,
         "cost_usd": {
+            "requests_compared": len(both),
             "routed": round(routed_cost, 6),
             "all_full_model": round(all_full, 6),
             "savings": round(1 - routed_cost / all_full, 3) if all_full else 0.0,
@@ -215,8 +224,9 @@ def summarise(results: list[dict], baseline: list[float], tuning: dict, workload
         },
         "requests": results,
         "notes": "Stand-in models (deterministic placeholder text) answer; costs use the configured price table and "
-                 "the stand-ins' token counts. The semantic threshold is tuned on routing_train.jsonl only; the "
-                 "workload's negatives are report-only.",
+                 "the stand-ins' token counts. Guardrails check every request with injection blocking off (scores "
+                 "reported only). The semantic threshold is tuned on routing_train.jsonl only; the workload's "
+                 "negatives are report-only.",
     }
 
 
