@@ -11,7 +11,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto clean eval-guardrails eval-retrieval eval-routing bench
+.PHONY: setup run test lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF)
 
@@ -53,6 +53,27 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Evaluations and benchmarks write reports/*.json; they are not part of `make test`.
+eval-guardrails: setup
+	$(PY) evals/guardrails.py
+
+eval-retrieval: setup
+	$(PY) evals/retrieval.py
+
+eval-routing: setup
+	$(PY) evals/routing.py
+
+bench: setup
+	$(PY) -m tests.gateway.bench_edge
+
+# Regenerate what is derived from code: the README's configuration reference and
+# the Envoy configs committed for compose and Kubernetes.
+docs: setup
+	$(PY) -m services.common.configdoc --readme
+
+deploy-configs: setup
+	$(PY) -m gateway.deployments
 
 clean:
 	rm -rf gen build var
