@@ -3,7 +3,7 @@
 Two hot spots of local mode make a search over SciFact's 10,000 chunks slow:
 
 - Sparse: every stored sparse vector is scored with a pure-Python merge loop,
-  about 80 microseconds per point, so 0.8 s per sparse or hybrid query. The
+  about 70 microseconds per point, so 0.7 s per sparse or hybrid query. The
   replacement packs a collection's sparse vectors once into per-term arrays
   (repacked when the collection changes) and touches only the query's terms.
   Results are identical, not approximate: per point the products are summed in

@@ -5,7 +5,6 @@ gateway's identity header), never from a request field.
 """
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -21,8 +20,6 @@ from services.retrieval.config import RetrievalSettings
 from services.retrieval.ingest import Ingestor, PreparedBatch
 from services.retrieval.sparse import SparseEncoder
 from services.retrieval.store import CollectionStats, Store
-
-log = logging.getLogger(__name__)
 
 _MODES = {
     retrieval_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
