@@ -295,16 +295,20 @@ def targets(report: dict) -> dict:
 
 def print_table(report: dict) -> None:
     inj = report["injection"]
+
+    def prf(m: dict) -> str:
+        return f"{m['f1']:.3f} / {m['precision']:.3f} / {m['recall']:.3f}"
+
+    xs, cs = inj["xstest"], inj["cyberseceval"]
     rows = [("injection_test F1 / P / R (cascade, threshold %.2f)" % inj["threshold"],
-             f"{inj['cascade']['f1']:.3f} / {inj['cascade']['precision']:.3f} / {inj['cascade']['recall']:.3f}"),
-            ("injection_test F1 / P / R (patterns only)",
-             f"{inj['rules_only']['f1']:.3f} / {inj['rules_only']['precision']:.3f} / {inj['rules_only']['recall']:.3f}"),
+             prf(inj["cascade"])),
+            ("injection_test F1 / P / R (patterns only)", prf(inj["rules_only"])),
             ("injection_test decided by", ", ".join(f"{k} {v}" for k, v in sorted(inj["decided_by"].items()))),
             ("xstest safe prompts flagged (FPR)",
-             f"{inj['xstest']['safe_flagged_as_injection']}/{inj['xstest']['safe_prompts']} = {inj['xstest']['safe_fpr']:.3f}"),
+             f"{xs['safe_flagged_as_injection']}/{xs['safe_prompts']} = {xs['safe_fpr']:.3f}"),
             ("cyberseceval detection rate",
-             f"{inj['cyberseceval']['detected']}/{inj['cyberseceval']['rows']} = {inj['cyberseceval']['detection_rate']:.3f} "
-             + "(" + ", ".join(f"{k} {v:.2f}" for k, v in inj["cyberseceval"]["by_type"].items()) + ")")]
+             f"{cs['detected']}/{cs['rows']} = {cs['detection_rate']:.3f} ("
+             + ", ".join(f"{k} {v:.2f}" for k, v in cs["by_type"].items()) + ")")]
     pii = report["pii"]
     rows.append((f"pii_synth held-out ({pii['rows']} rows) micro P / R",
                  f"{pii['micro']['precision']:.3f} / {pii['micro']['recall']:.3f}"))

@@ -66,7 +66,8 @@ def drop_overlaps(findings: list[Finding]) -> list[Finding]:
 def _safe_error(err: BaseException) -> str:
     """The error's type and where it happened, without its message (which may quote the text)."""
     frames = traceback.extract_tb(err.__traceback__)[-3:]
-    return type(err).__name__ + " at " + " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(frames))
+    where = " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(frames))
+    return f"{type(err).__name__} at {where}"
 
 
 class Guard:
@@ -159,25 +160,24 @@ class Guard:
                           embedding: np.ndarray | None = None) -> Outcome:
         try:
             findings, injection = await self._analyse_input(text, policy, embedding)
+            reasons = list(injection.reasons)
+            if injection.score >= policy.injection_threshold:
+                action = Action.BLOCK if policy.injection_action is Action.BLOCK else Action.ALLOW
+                findings.append(Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action))
+                reasons.insert(0, f"prompt injection score {injection.score:.2f} >= threshold "
+                                  f"{policy.injection_threshold:.2f}")
+            outcome = self._verdict(text, findings, tenant, Placeholders(), reasons)
         except Exception as err:  # fail closed/open is the policy's call, whatever broke
             outcome = self.failed("input", policy, text, err)
-            metrics.VERDICTS.labels("input", outcome.verdict.value, outcome.stage).inc()
+            self._count("input", outcome)
             return outcome
 
         metrics.INJECTION_SCORE.observe(injection.score)
         metrics.EMBEDDINGS.labels("computed" if injection.computed_embedding else
                                   "caller" if injection.stage == "semantic" else "skipped").inc()
-        reasons = list(injection.reasons)
-        if injection.score >= policy.injection_threshold:
-            findings.append(Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4),
-                                    Action.BLOCK if policy.injection_action is Action.BLOCK else Action.ALLOW))
-            reasons.insert(0, f"prompt injection score {injection.score:.2f} >= threshold "
-                              f"{policy.injection_threshold:.2f}")
-        outcome = self._verdict(text, findings, tenant, Placeholders(), reasons)
         outcome.injection_score = injection.score
-        if outcome.verdict is Verdict.BLOCK and any(f.entity == INJECTION_ENTITY for f in findings):
-            outcome.stage = injection.stage
-        elif outcome.verdict is Verdict.ALLOW:
+        injection_blocked = any(f.entity == INJECTION_ENTITY and f.action is Action.BLOCK for f in findings)
+        if outcome.verdict is Verdict.ALLOW or (outcome.verdict is Verdict.BLOCK and injection_blocked):
             outcome.stage = injection.stage
         self._count("input", outcome)
         return outcome

@@ -61,7 +61,8 @@ class Policy(BaseModel):
         Action.BLOCK, description="block: injections are blocked; allow: only scored and reported.")
     learned_signal: bool = Field(True, description="Use the embedding classifier when patterns are not decisive.")
     blocklist: tuple[str, ...] = Field(
-        (), description="Terms (case-insensitive, whole words) that trigger the BLOCKLIST action in inputs and outputs.")
+        (), description="Terms (case-insensitive, whole words) that trigger the BLOCKLIST action in inputs "
+                        "and outputs.")
     fail_closed: bool = Field(True, description="When analysis fails: true blocks the text, false lets it through.")
     reversible: bool = Field(True, description="Whether CheckInput may return a restore_token when asked.")
 
@@ -132,13 +133,16 @@ class GuardrailsSettings(ServerSettings):
         description="Where the blank spaCy pipeline is saved at first start (relative paths: repository root).")
     classifier_path: str = Field(
         "", description="Injection classifier JSON; empty: the one shipped in services/guardrails/data.")
-    embedding_quantize: bool = Field(True, description="int8 dynamic quantisation of all-MiniLM-L6-v2 (about 2x faster).")
+    embedding_quantize: bool = Field(
+        True, description="int8 dynamic quantisation of all-MiniLM-L6-v2 (about 2x faster).")
     embedding_max_batch: int = Field(32, ge=1, le=256, description="Most prompts embedded in one forward pass.")
     embedding_max_wait_ms: float = Field(
         0.0, ge=0, le=100,
         description="How long a lone prompt waits for others to batch with. 0: no wait; under load, prompts "
                     "that arrive while a batch runs still form the next batch.")
-    embedding_threads: int = Field(0, ge=0, description="torch threads for embeddings; 0: torch's default.")
+    embedding_threads: int = Field(
+        1, ge=0, description="torch threads for embeddings; 0: torch's default (all cores). One leaves the "
+                             "other core of a small machine to the event loop, which runs every other stage.")
     restore_key: str = Field(
         "", description="base64 of a 32-byte AES-GCM key for restore tokens. Empty: a random key per "
                         "process, so tokens only work on the replica that issued them; set one shared key "

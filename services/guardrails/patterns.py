@@ -52,9 +52,13 @@ def _compile(*patterns: str) -> tuple[re.Pattern, ...]:
     return tuple(re.compile(pattern, re.IGNORECASE | re.DOTALL) for pattern in patterns)
 
 
-_OVERRIDE_VERBS_EN = r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|drop|abandon|override|bypass|neglect|discard|set\s*aside|throw\s*away|erase|delete|remove)"
-_PRIOR = r"(?:previous|previously|prior|above|preceding|earlier|former|foregoing|initial|original|old|existing|given|provided|system|your|all|any|every|these|those)"
-_OBJECTS_EN = r"(?:instructions?|prompts?|rules|guidelines|directions|directives|commands|orders|tasks|assignments|context|programming|information|documents|articles|training|restrictions|constraints|guardrails|filters|polic(?:y|ies)|messages)"
+_OVERRIDE_VERBS_EN = (r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|drop|abandon|override|"
+                      r"bypass|neglect|discard|set\s*aside|throw\s*away|erase|delete|remove)")
+_PRIOR = (r"(?:previous|previously|prior|above|preceding|earlier|former|foregoing|initial|original|old|existing|"
+          r"given|provided|system|your|all|any|every|these|those)")
+_OBJECTS_EN = (r"(?:instructions?|prompts?|rules|guidelines|directions|directives|commands|orders|tasks|assignments|"
+               r"context|programming|information|documents|articles|training|restrictions|constraints|guardrails|"
+               r"filters|polic(?:y|ies)|messages)")
 
 INSTRUCTION_OVERRIDE = Family(
     name="instruction_override",
@@ -72,22 +76,31 @@ INSTRUCTION_OVERRIDE = Family(
     patterns=_compile(
         # English: "ignore all previous instructions", "forget about all the assignments"
         rf"\b{_OVERRIDE_VERBS_EN}\b{_GAP}{_PRIOR}\b{_GAP}{_OBJECTS_EN}\b",
-        rf"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|told|discussed))",
+        rf"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|"
+        rf"prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
+        rf"told|discussed))",
         r"\b(?:ignore|disregard)\s*(?:the\s*)?above\b",
-        r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|say|tell|print|output|jsut|answer|respond|reply|repeat)\b",
-        rf"\b(?:despite|regardless\s*of|contrary\s*to)\s*(?:what|anything|everything)\s*(?:you(?:'ve|\s*have)?\s*(?:been|were)\s*told|(?:your|the)\s*{_OBJECTS_EN})",
+        r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|"
+        r"say|tell|print|output|jsut|answer|respond|reply|repeat)\b",
+        rf"\b(?:despite|regardless\s*of|contrary\s*to)\s*(?:what|anything|everything)\s*"
+        rf"(?:you(?:'ve|\s*have)?\s*(?:been|"
+        rf"were)\s*told|(?:your|the)\s*{_OBJECTS_EN})",
         rf"\b(?:your|the)\s*(?:new\s*)?instructions\s*(?:are|is)\s*now\b",
         r"\bchange\s*your\s*(?:instructions|rules|programming)\b",
         r"\bnew\s*(?:instructions|rules)\s*:",
         # German
         r"\b(?:ignorier(?:e|en|t)?|vergiss|vergessen\s*sie|vergesst|missachte(?:n)?|übergehe|verwirf|streiche)\b"
-        r"(?:\s*[\w'\-]+[\s,]+){0,5}?\s*(?:anweisungen|instruktionen|befehle|aufgaben|aufträge|informationen|regeln|vorgaben|angaben|ausführungen|alles)\b",
-        r"\b(?:obigen|vorherigen|bisherigen)\s*(?:ausführungen|anweisungen|instruktionen)\s*(?:ignorieren|vergessen|missachten)",
+        r"(?:\s*[\w'\-]+[\s,]+){0,5}?\s*(?:anweisungen|instruktionen|befehle|aufgaben|aufträge|informationen|"
+        r"regeln|vorgaben|angaben|ausführungen|alles)\b",
+        r"\b(?:obigen|vorherigen|bisherigen)\s*(?:ausführungen|anweisungen|instruktionen)\s*(?:ignorieren|vergessen|"
+        r"missachten)",
         r"\babweichend\s*(?:zu|von)\s*(?:den\s*)?(?:vorherigen|bisherigen|obigen)\s*(?:instruktionen|anweisungen)",
         r"\b(?:vorangegangenen|vorherigen|bisherigen)\s*aufgaben\s*aus\s*dem\s*kopf",
         r"\balle\s*(?:vorherigen|bisherigen)\s*informationen,?\s*die\s*(?:sie|du)\s*erhalten\s*(?:haben|hast),?\s*sind\b",
         # Spanish, Portuguese
-        r"\b(?:olvida|olvide|olvidad|olvidar|ignora|ignore|ignorad|descarta|esqueça|esqueca|esquece)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrucciones|instruções|instrucoes|órdenes|reglas|regras|todo|tudo)\b",
+        r"\b(?:olvida|olvide|olvidad|olvidar|ignora|ignore|ignorad|descarta|esqueça|esqueca|esquece)\b"
+        r"(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrucciones|"
+        r"instruções|instrucoes|órdenes|reglas|regras|todo|tudo)\b",
         # French
         r"\b(?:oublie|oubliez|ignore|ignorez)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instructions|consignes|règles|tout)\b",
         # Italian
@@ -96,8 +109,11 @@ INSTRUCTION_OVERRIDE = Family(
         r"\b(?:vergeet|negeer)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instructies|regels|alles)\b",
         r"\b(?:zapomnij|zignoruj)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcje|polecenia|wszystko)\b",
         # Russian, Croatian/Serbian/Bosnian
-        r"(?:забудь|забудьте|игнорируй|игнорируйте)(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:инструкции|правила|указания|всё|все)",
-        r"\b(?:zaboravi|zaboravite|ignoriraj|ignoriši)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcije|upute|uputstva|pravila|sve)\b",
+        r"(?:забудь|забудьте|игнорируй|игнорируйте)"
+        r"(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:инструкции|правила|указания|"
+        r"всё|все)",
+        r"\b(?:zaboravi|zaboravite|ignoriraj|ignoriši)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcije|upute|"
+        r"uputstva|pravila|sve)\b",
     ),
 )
 
@@ -113,7 +129,9 @@ TASK_HIJACK = Family(
     ),
     patterns=_compile(
         _phrase(r"\b(?:now|next) (?:focus|concentrate) on (?:your|the|a) new task"),
-        _phrase(r"\b(?:now )?(?:new|further|more|additional) (?:tasks|instructions) (?:follow|are following|are followed)"),
+        _phrase(
+            r"\b(?:now )?(?:new|further|more|additional) (?:tasks|instructions) (?:follow|are following|are followed)"
+        ),
         _phrase(r"\bstart (?:over|from the front|again) with a new task"),
         _phrase(r"\bthat is (?:enough|done)\s*[.!]\s*now\b"),
         r"\b(?:stop|attention)\s*[-:,!]+\s*(?:stop\s*[-:,!]+\s*)?(?:write|say|print|ignore|i\s*urgently)",
@@ -146,7 +164,10 @@ ROLE_PLAY = Family(
         _phrase(r"\bfrom now on,? you (?:are|will|must|shall)\b"),
         _phrase(r"\b(?:ok(?:ay)?[.,!]? )?now you are\b"),
         _phrase(r"\bi want you to act as\b"),
-        _phrase(r"\b(?:act|behave|respond) as (?:if you were |though you were )?(?:an? |the )?(?:evil|unfiltered|uncensored|unrestricted|python interpreter|linux terminal|jailbroken)"),
+        _phrase(
+            r"\b(?:act|behave|respond) as (?:if you were |though you were )?(?:an? |the )?(?:evil|unfiltered|uncensored|"
+            r"unrestricted|python interpreter|linux terminal|jailbroken)"
+        ),
         _phrase(r"\b(?:stay|remain|always stay) in (?:character|(?:your|their) roles?)\b"),
         _phrase(r"\byou are (?:role-?playing|playing the role) as\b"),
         _phrase(r"\bcompletely absorbed in your role\b"),
@@ -178,7 +199,10 @@ JAILBREAK = Family(
         _phrase(r"\b(?:developer|god|jailbreak|unrestricted|unfiltered|evil) mode (?:enabled|on|activated)\b"),
         _phrase(r"\benable (?:developer|god|jailbreak|dan) mode\b"),
         _phrase(r"\bjailbr(?:eak|oken)\b"),
-        _phrase(r"\b(?:without|free of|no longer bound by) (?:any )?(?:ethical |moral )?(?:restrictions|limitations|filters|guidelines|censorship|rules|programming guidelines)\b"),
+        _phrase(
+            r"\b(?:without|free of|no longer bound by) (?:any )?(?:ethical |moral )?(?:restrictions|limitations|"
+            r"filters|guidelines|censorship|rules|programming guidelines)\b"
+        ),
         _phrase(r"\bno programming guidelines\b"),
         _phrase(r"\b(?:completely|totally) (?:immoral|amoral|unfiltered|uncensored)\b"),
     ),
@@ -195,17 +219,27 @@ PROMPT_EXTRACTION = Family(
         'anweisungen', 'oben', 'amanfang',
     ),
     patterns=_compile(
-        r"\b(?:show|reveal|print|display|repeat|output|tell|give|list|write\s*out|leak|dump|spell\s*out|share|disclose|what\s*(?:is|are|was|were))\b"
-        r"\s*(?:me\s*|us\s*)?(?:all\s*|exactly\s*)?(?:of\s*)?(?:your|the)\s*(?:full\s*|entire\s*|complete\s*|exact\s*|initial\s*|original\s*|hidden\s*|secret\s*|system\s*|previous\s*|first\s*)*"
-        r"(?:prompt|prompts|prompt\s*texts?|instructions|system\s*message|initial\s*message|system\s*prompt|configuration|guidelines|rules)\b(?!\s*(?:of|for|to|in|on|about)\b)",
-        _phrase(r"\bwhat (?:was|is) written (?:at the beginning of|above|before|in) (?:this|the|your) (?:prompt|conversation|text)"),
+        r"\b(?:show|reveal|print|display|repeat|output|tell|give|list|write\s*out|leak|dump|spell\s*out|share|"
+        r"disclose|what\s*(?:is|are|was|were))\b"
+        r"\s*(?:me\s*|us\s*)?(?:all\s*|exactly\s*)?(?:of\s*)?(?:your|the)\s*(?:full\s*|entire\s*|complete\s*|"
+        r"exact\s*|initial\s*|original\s*|hidden\s*|secret\s*|system\s*|previous\s*|first\s*)*"
+        r"(?:prompt|prompts|prompt\s*texts?|instructions|system\s*message|initial\s*message|system\s*prompt|"
+        r"configuration|guidelines|rules)\b(?!\s*(?:of|for|to|in|on|about)\b)",
+        _phrase(
+            r"\bwhat (?:was|is) written (?:at the beginning of|above|before|in) (?:this|the|your) (?:prompt|conversation|"
+            r"text)"
+        ),
         _phrase(r"\bwhat is written above\b"),
         _phrase(r"\brepeat (?:the|all|everything)? ?(?:text|words|lines|everything) (?:above|before)"),
         _phrase(r"\b(?:copy|contents?) of the (?:full |whole )?prompt"),
         _phrase(r"\b(?:sentences?|words|text|lines) before the text\b"),
-        _phrase(r"\b(?:what|tell me|reveal|give me|share) (?:is )?(?:your|the) (?:secret|password|secret key|api key|passphrase|access code)\b"),
+        _phrase(
+            r"\b(?:what|tell me|reveal|give me|share) (?:is )?(?:your|the) (?:secret|password|secret key|api key|"
+            r"passphrase|access code)\b"
+        ),
         # German
-        r"\b(?:zeige?|gib|nenne|verrate|wiederhole)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:prompt|prompt-?texte?|systemprompt|anweisungen)\b",
+        r"\b(?:zeige?|gib|nenne|verrate|wiederhole)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:prompt|prompt-?texte?|"
+        r"systemprompt|anweisungen)\b",
         _phrase(r"\bvorzeigen sämtlicher prompt"),
         _phrase(r"\bwas (?:steht|stand|wurde) (?:oben|am anfang)"),
     ),
@@ -243,10 +277,21 @@ AUTHORITY = Family(
         'clearance', 'rights', 'icommandyou', 'ichbin',
     ),
     patterns=_compile(
-        _phrase(r"\bi am (?:your|the|an?) (?:developer|creator|admin|administrator|owner|operator|programmer|maker|system administrator)\b"),
-        _phrase(r"\bthis is (?:an? |the )?(?:admin|administrator|system|developer|security|root|openai|anthropic) (?:override|message|command|instruction|update|notice)\b"),
-        _phrase(r"\b(?:admin|administrator|developer|sudo|root|debug|maintenance|god) (?:mode|access|override|privileges)\b"),
-        _phrase(r"\b(?:authorized|approved|sanctioned) by (?:openai|anthropic|the (?:developers?|administrators?|system|admins?))\b"),
+        _phrase(
+            r"\bi am (?:your|the|an?) (?:developer|creator|admin|administrator|owner|operator|programmer|maker|"
+            r"system administrator)\b"
+        ),
+        _phrase(
+            r"\bthis is (?:an? |the )?(?:admin|administrator|system|developer|security|root|openai|anthropic) (?:override|"
+            r"message|command|instruction|update|notice)\b"
+        ),
+        _phrase(
+            r"\b(?:admin|administrator|developer|sudo|root|debug|maintenance|god) (?:mode|access|override|privileges)\b"
+        ),
+        _phrase(
+            r"\b(?:authorized|approved|sanctioned) by (?:openai|anthropic|the (?:developers?|administrators?|system|"
+            r"admins?))\b"
+        ),
         _phrase(r"\bi (?:have|hold) (?:admin|root|full|developer) (?:access|privileges|clearance|rights)\b"),
         _phrase(r"\bi command you\b"),
         _phrase(r"\bich bin (?:dein|der|ihr) (?:entwickler|administrator|admin|erschaffer)\b"),
@@ -262,7 +307,10 @@ CONTEXT_IGNORE = Family(
         'ownknowledge', 'donot', 'disregardingthe', 'provided', 'informationintheprompt',
     ),
     patterns=_compile(
-        _phrase(r"\b(?:answer|respond) (?:by|from|with) your own knowledge and not (?:by|from) the (?:articles|documents|context)"),
+        _phrase(
+            r"\b(?:answer|respond) (?:by|from|with) your own knowledge and not (?:by|from) the (?:articles|documents|"
+            r"context)"
+        ),
         _phrase(r"\bdo not (?:look|search) (?:in|at) the (?:documents|articles|context)"),
         _phrase(r"\bdisregarding the (?:articles|documents|context)"),
         _phrase(r"\bnot according to the provided (?:documents|articles|context)"),
@@ -290,7 +338,10 @@ ENCODING_EVASION = Family(
         'base64', 'hex', 'rot13', 'rot-13', 'binary', 'morse',
     ),
     patterns=_compile(
-        _phrase(r"\b(?:decode|decipher|translate|convert) (?:this|the following|it)? ?(?:from )?(?:base64|base 64|hex|hexadecimal|rot13|rot-13|binary|morse)\b.{0,60}?\b(?:follow|execute|do|obey|run|perform)\b"),
+        _phrase(
+            r"\b(?:decode|decipher|translate|convert) (?:this|the following|it)? ?(?:from )?(?:base64|base 64|hex|"
+            r"hexadecimal|rot13|rot-13|binary|morse)\b.{0,60}?\b(?:follow|execute|do|obey|run|perform)\b"
+        ),
         _phrase(r"\b(?:respond|answer|reply|write) (?:only )?in (?:base64|hex|rot13|binary)\b"),
     ),
 )

@@ -51,7 +51,8 @@ class CardRecognizer(CreditCardRecognizer):
     check and carry a known network's prefix and length. Presidio's own pattern stops
     at 16 digits and misses 2-series Mastercard and 19-digit Visa numbers."""
 
-    PATTERNS = [Pattern("Card number (Luhn and network checked)", r"(?<![\d.-])(?:\d[ -]?){11,18}\d(?![\d-]|\.\d)", 0.3)]
+    PATTERNS = [Pattern("Card number (Luhn and network checked)",
+                        r"(?<![\d.-])(?:\d[ -]?){11,18}\d(?![\d-]|\.\d)", 0.3)]
 
     def __init__(self):
         super().__init__(patterns=self.PATTERNS)
@@ -68,7 +69,8 @@ _PHONE_CONTEXT = re.compile(
 # Formats that are phone numbers on their own: a +country prefix, an area code in
 # parentheses, or North American 3-3-4 grouping (optionally with an extension).
 _PHONE_STRONG = re.compile(
-    r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]?\d{2,5}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w|[.-]\d)"
+    r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,5}(?:[ .-]?\d{2,5}){1,4}"
+    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w|[.-]\d)"
     r"|(?<![\w+.-])(?:001[ .-])?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?!\w|[.-]\d)"
     r"|(?<![\w+.-])\(\d{2,4}\) ?\d{3,4}[ .-]?\d{3,4}(?!\w|[.-]\d)")
 # Digit groups that may be a phone number, accepted only next to a context word.
@@ -139,7 +141,8 @@ class AnyCaseIbanRecognizer(LocalRecognizer):
     """IBANs written in lower or mixed case, which Presidio's recognizer (upper case
     only) misses; accepted on the ISO 13616 mod-97 checksum."""
 
-    _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
+    _IBAN = re.compile(
+        r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
 
     def __init__(self):
         super().__init__(supported_entities=["IBAN_CODE"], name="AnyCaseIbanRecognizer")
@@ -204,7 +207,8 @@ PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)
 
 SECRET_PATTERNS: dict[str, list[SecretPattern]] = {
     "AWS_ACCESS_KEY": [
-        _p(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}(?![A-Z0-9])", 0.95),
+        _p(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}"
+           r"(?![A-Z0-9])", 0.95),
     ],
     "AWS_SECRET_KEY": [
         _p(r"aws_?secret_?(?:access_?)?key\s*[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])", 0.95,

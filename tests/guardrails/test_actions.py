@@ -6,15 +6,10 @@ from services.guardrails.config import Action
 TEXT = "mail a@x.org or b@y.org, again a@x.org; card 4111-1111-1111-1111"
 
 
-def spans(*items):
-    return [Finding(entity, TEXT.index(value), TEXT.index(value) + len(value), 1.0, action)
-            for entity, value, action in items]
-
-
 def test_placeholders_are_numbered_in_text_order_and_reused_for_equal_values():
     redactor = Redactor(b"k" * 32)
-    findings = [Finding("EMAIL_ADDRESS", 5, 12, 1.0, Action.REDACT), Finding("EMAIL_ADDRESS", 16, 23, 1.0, Action.REDACT),
-                Finding("EMAIL_ADDRESS", 31, 38, 1.0, Action.REDACT)]
+    findings = [Finding("EMAIL_ADDRESS", start, end, 1.0, Action.REDACT)
+                for start, end in ((5, 12), (16, 23), (31, 38))]
     book = Placeholders()
     out = redactor.apply(TEXT, findings, "acme", book)
     assert out.startswith("mail <EMAIL_ADDRESS_1> or <EMAIL_ADDRESS_2>, again <EMAIL_ADDRESS_1>;")
