@@ -7,6 +7,8 @@ already be installed: the service never downloads one.
 """
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +50,15 @@ def blank_model(directory: str) -> str:
         path = REPO / path
     if not (path / "config.cfg").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        spacy.blank("en").to_disk(path)
-        log.info("saved a blank spaCy pipeline to %s", path)
+        # Written beside and renamed into place, so replicas starting together never
+        # load a half-written pipeline.
+        staging = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
+        spacy.blank("en").to_disk(staging)
+        try:
+            staging.rename(path)
+            log.info("saved a blank spaCy pipeline to %s", path)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
     return str(path)
 
 

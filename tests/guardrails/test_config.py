@@ -68,3 +68,10 @@ def test_fast_hashing_matches_scikit_learn():
         assert sorted(index.tolist()) == sorted(row.indices.tolist())
         expected = dict(zip(row.indices.tolist(), row.data.tolist()))
         assert all(abs(value - expected[i]) < 1e-6 for i, value in zip(index.tolist(), values.tolist()))
+
+
+def test_an_uninstalled_spacy_model_fails_instead_of_downloading(tmp_path):
+    from services.guardrails.pii import build_analyzer
+
+    with pytest.raises(ConfigError, match="spaCy model 'en_core_web_nonexistent' is not installed"):
+        build_analyzer("en_core_web_nonexistent", str(tmp_path / "blank"))
