@@ -85,6 +85,7 @@ class Embedder:
                 # torch marks its quantised tensor constructors deprecated; the API
                 # still works in the pinned 2.13.0, and the pin keeps it that way.
                 warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
                 model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self._model = model
         self._lock = threading.Lock()
