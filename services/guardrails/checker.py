@@ -22,7 +22,7 @@ from services.guardrails.config import (
     BLOCKLIST_ENTITY, CANARY_ENTITY, INJECTION_ENTITY, Action, GuardrailsSettings, Policy, TenantPolicy,
 )
 from services.guardrails.injection import InjectionDetector, InjectionResult
-from services.guardrails.pii import PiiScanner
+from services.guardrails.pii import PiiScanner, non_overlapping
 from services.guardrails.terms import blocklist_regex, canary_regex, find_terms
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,8 @@ def drop_overlaps(findings: list[Finding]) -> list[Finding]:
     def rank(f: Finding) -> tuple:
         return (f.entity != CANARY_ENTITY, f.entity != BLOCKLIST_ENTITY, -f.score, -(f.end - f.start), f.start)
 
-    kept: list[Finding] = []
-    for finding in sorted(findings, key=rank):
-        if all(finding.end <= other.start or finding.start >= other.end for other in kept):
-            kept.append(finding)
+    ranked = sorted(findings, key=rank)
+    kept = [ranked[i] for i in non_overlapping([(f.start, f.end) for f in ranked])]
     return sorted(kept, key=lambda f: f.start)
 
 

@@ -86,3 +86,15 @@ def test_email_validation_never_touches_the_network(scanner, monkeypatch):
     assert OFFLINE_TLD.suffix_list_urls == ()
     assert entities(scanner, "mail bob@mail.example.com") == [("EMAIL_ADDRESS", "bob@mail.example.com")]
     assert OFFLINE_TLD("bob@foo.notarealtld").fqdn == ""
+
+
+def test_context_words_lift_weak_matches(scanner):
+    # A bare nine-digit number is only an SSN when the text says so.
+    assert entities(scanner, "my ssn is 536221234") == [("US_SSN", "536221234")]
+    assert entities(scanner, "order number 536221234 shipped") == []
+
+
+def test_many_findings_in_one_text_stay_fast_and_complete(scanner):
+    text = " ".join(f"user{i}@example.com" for i in range(3000))
+    found = entities(scanner, text)
+    assert len(found) == 3000 and {entity for entity, _ in found} == {"EMAIL_ADDRESS"}
