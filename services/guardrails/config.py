@@ -109,9 +109,10 @@ class GuardrailsSettings(ServerSettings):
     metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port; 0 picks a free one.")
     policies: dict[str, Policy] = Field(
         default_factory=lambda: {"default": Policy()},
-        description="Named policies; `default` must exist and serves tenants not listed in `tenants`.")
+        description="Named policies (YAML only); `default` must exist and serves tenants not listed in `tenants`.")
     tenants: dict[str, TenantPolicy] = Field(
-        default_factory=dict, description="Tenant -> policy; unlisted tenants get the `default` policy.")
+        default_factory=dict,
+        description="Tenant -> policy and allowed_policies (YAML only); unlisted tenants get `default`.")
     max_text_chars: int = Field(
         65_536, ge=1, le=1_000_000,
         description="Longest text (in characters) CheckInput/CheckOutput accept; longer is INVALID_ARGUMENT.")
