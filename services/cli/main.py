@@ -3,13 +3,15 @@
 import argparse
 import sys
 
-from services.cli import generate
+from services.cli import generate, guardrails, retrieval
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmsuite", description="Command line for the llmsuite serving stack.")
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
     generate.add_parser(subparsers)
+    guardrails.add_parser(subparsers)
+    retrieval.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.run(args)
 

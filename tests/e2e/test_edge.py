@@ -124,7 +124,7 @@ def test_router_is_not_serving_until_generation_is(tmp_path):
 
 def test_cli_streams_an_answer_through_envoy(edge, stack):
     env = {**os.environ, "LLMSUITE_API_KEY": stack.api_key}
-    result = subprocess.run([str(Path(sys.executable).parent / "llmsuite"), "generate", "Say hello to the operators",
+    result = subprocess.run([str(Path(sys.executable).parent / "llmsuite"), "generate", "What does the operators guide say?",
                              "--target", edge, "--max-tokens", "12"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
