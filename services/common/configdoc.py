@@ -14,6 +14,8 @@ from pathlib import Path
 
 from services.common.config import ServerSettings, Settings
 
+ROOT = Path(__file__).resolve().parents[2]
+
 # section -> "module:Class" of its settings.
 SECTIONS = {
     "router": "services.router.config:RouterSettings",
@@ -31,6 +33,9 @@ def _default(field) -> str:
         value = field.default_factory()
     else:
         value = field.default
+    if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).is_relative_to(ROOT):
+        # Paths inside the checkout are shown relative to it, as users write them.
+        value = str(Path(value).relative_to(ROOT))
     return json.dumps(value, default=str) if not isinstance(value, str) else (f'"{value}"' if value else '""')
 
 
@@ -61,7 +66,7 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- config-reference:start -->\n).*?(<!-- config-reference:end -->)", re.S)
 
 
