@@ -32,8 +32,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-# As the service does (services/retrieval/__main__.py), for the in-process tuning run.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
