@@ -9,6 +9,8 @@ Numbers are for the machine it runs on; on a shared 2-core box they are noisy.
 """
 
 import argparse
+import json
+import os
 import re
 import struct
 import subprocess
@@ -20,7 +22,7 @@ from llmsuite.inference.v1 import inference_pb2
 from gateway.keys import add_key
 from gateway.render import EdgeSecurity, EnvoyParams
 from tests.gateway.procs import placeholder_upstreams, start_envoy, start_gateway_service, start_redis, start_upstream
-from tests.harness import free_port
+from tests.harness import REPO, free_port
 
 PATH = "/llmsuite.inference.v1.InferenceService/Generate"
 
@@ -81,6 +83,13 @@ def main() -> None:
     print(f"{'edge':<20} {'req/s':>8} {'mean':>10} {'sd':>10} {'2xx':>6}")
     for name, stats in results.items():
         print(f"{name:<20} {stats['rps']:>8} {stats['mean']:>10} {stats['sd']:>10} {stats['ok']:>6}")
+    report = {"machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+              "requests": args.requests, "clients": args.clients,
+              "upstream": "echo InferenceService (tests/gateway/upstream.py): the edge's own cost",
+              "results": results}
+    out = REPO / "reports" / "edge.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
