@@ -13,7 +13,8 @@ from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 from services.common.errors import ServiceError
 from services.generation import metrics
 from services.generation.config import GenerationSettings
-from services.generation.triton import Chunk, Sampling, TritonGenerator
+from services.common.sampling import Sampling
+from services.generation.triton import Chunk, TritonGenerator
 from services.generation.validation import Job, validate
 
 log = logging.getLogger(__name__)

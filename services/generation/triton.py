@@ -23,6 +23,7 @@ from services.common.channels import CHANNEL_OPTIONS
 from services.common.context import REQUEST_ID_HEADER, request_id_var
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from services.common.resilience import CircuitBreaker, retry_delays
+from services.common.sampling import Sampling
 from services.generation import metrics
 from services.generation.config import ModelSpec
 
@@ -31,18 +32,6 @@ log = logging.getLogger(__name__)
 # Phrases in Triton's per-request errors that mean "try again later" rather than
 # "this request is wrong": the model is missing, loading or shutting down.
 _UNAVAILABLE_HINTS = ("unknown model", "is not found", "not ready", "unavailable", "shutting down")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Decoding parameters as sent to Triton; None leaves the model's default."""
-
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, NotFound
 from services.generation.config import GenerationSettings, ModelSpec
-from services.generation.triton import Sampling
+from services.common.sampling import Sampling
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from services.router.config import PromptTemplate
 from services.router.metrics import CACHE_ERRORS
 from services.router.similarity import same_question
 from services.router.stores import Store, StoreError
-from services.router.validation import Sampling, Turn
+from services.common.sampling import Sampling
+from services.router.validation import Turn
 
 log = logging.getLogger(__name__)
 

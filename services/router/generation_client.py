@@ -20,7 +20,7 @@ from services.common.errors import ResourceExhausted, ServiceError, Unavailable,
 from services.router.config import RouterSettings
 from services.router.metrics import UPSTREAM_RETRIES
 from services.router.upstream import Deadline, Upstream
-from services.router.validation import Sampling
+from services.common.sampling import Sampling
 
 
 class ModelUnavailable(Unavailable):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from llmsuite.inference.v1 import inference_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.sampling import Sampling
 from services.router.config import RouterSettings, TenantSettings
 
 MAX_STOP_STRINGS = 8
@@ -25,16 +26,6 @@ _ROLE_NAMES = {
 class Turn:
     role: str
     content: str
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from llmsuite.generation.v1 import generation_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.generation.config import GenerationSettings
 from services.generation.servicer import finish_reason
-from services.generation.triton import Sampling, build_inputs, model_error
+from services.common.sampling import Sampling
+from services.generation.triton import build_inputs, model_error
 from services.generation.validation import validate
 
 SETTINGS = GenerationSettings(max_prompt_chars=100, max_tokens_limit=512)

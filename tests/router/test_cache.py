@@ -7,7 +7,8 @@ from services.router.cache import CachedAnswer, ResponseCache, Scope, exact_key
 from services.router.context import assemble
 from services.router.sessions import SessionStore
 from services.router.stores import MemoryStore, RedisStore
-from services.router.validation import Sampling, Turn
+from services.common.sampling import Sampling
+from services.router.validation import Turn
 from tests.harness import free_port
 
 SCOPE = Scope("acme", "light", "default@1#abc", Sampling(max_tokens=64), ("", 4, None))
