@@ -5,10 +5,12 @@ this module adds what only tests need.
 """
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 
 from services.stack.processes import (  # noqa: F401  (re-exported for tests)
     REPO,
@@ -51,3 +53,35 @@ def assert_grpc_error(err: grpc.RpcError, code: grpc.StatusCode, *fragments: str
     assert err.code() == code, f"expected {code.name}, got {err.code().name}: {err.details()}"
     for fragment in fragments:
         assert fragment.lower() in (err.details() or "").lower(), f"{fragment!r} not in {err.details()!r}"
+
+
+def poll(condition, what: str, timeout: float = 10.0):
+    """Polls `condition()` until it returns a truthy value, which it returns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)  # poll interval; the condition decides
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def redis_ping(port: int) -> bool:
+    try:
+        return redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return False
+
+
+def start_redis(log_dir: Path, name: str = "redis", port: int | None = None) -> tuple[ServiceProcess, str]:
+    """A throwaway redis-server (no persistence); returns (process, url) once it answers PING."""
+    port = port or free_port()
+    process = ServiceProcess(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no"], log_dir)
+    process.start()
+    try:
+        process.wait_until(lambda: redis_ping(port), f"redis PING on :{port}", timeout=30)
+    except BaseException:
+        process.stop()
+        raise
+    return process, f"redis://127.0.0.1:{port}/0"

@@ -14,13 +14,14 @@ from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.router.config import RouterSettings
 from services.router.prompt import SecretSource, build
-from tests.generation.support import poll, scrape
+from tests.generation.support import scrape
 from services.router.validation import Turn
 from tests.harness import (
     ServiceProcess,
     assert_grpc_error,
     free_port,
     grpc_health_status,
+    poll,
     service_env,
     start_service,
 )

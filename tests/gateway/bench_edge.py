@@ -21,8 +21,8 @@ from llmsuite.inference.v1 import inference_pb2
 
 from gateway.keys import add_key
 from gateway.render import EdgeSecurity, EnvoyParams
-from tests.gateway.procs import placeholder_upstreams, start_envoy, start_gateway_service, start_redis, start_upstream
-from tests.harness import REPO, free_port
+from tests.gateway.procs import placeholder_upstreams, start_envoy, start_gateway_service, start_upstream
+from tests.harness import REPO, free_port, start_redis
 
 PATH = "/llmsuite.inference.v1.InferenceService/Generate"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.gateway.procs import start_redis
+from tests.harness import start_redis
 
 
 @pytest.fixture(scope="module")

@@ -5,32 +5,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import redis
 import yaml
 
 from gateway.render import EnvoyParams, envoy_binary, render
 from tests.harness import REPO, ServiceProcess, free_port, service_env
-
-
-def redis_ping(port: int) -> bool:
-    try:
-        return redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return False
-
-
-def start_redis(log_dir: Path, name: str = "redis", port: int | None = None) -> tuple[ServiceProcess, str]:
-    """A throwaway redis-server (no persistence); returns (process, url) once it answers PING."""
-    port = port or free_port()
-    process = ServiceProcess(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no"], log_dir)
-    process.start()
-    try:
-        process.wait_until(lambda: redis_ping(port), f"redis PING on :{port}", timeout=30)
-    except BaseException:
-        process.stop()
-        raise
-    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def start_gateway_service(module: str, settings: dict[str, Any], log_dir: Path, name: str,

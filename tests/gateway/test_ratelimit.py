@@ -11,7 +11,8 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from gateway.ratelimit.config import Limit, RateLimitSettings
 from gateway.ratelimit.counters import Hit, MemoryCounters
 from gateway.ratelimit.service import RateLimitServicer
-from tests.gateway.procs import start_gateway_service, start_redis
+from tests.gateway.procs import start_gateway_service
+from tests.harness import start_redis
 from tests.harness import assert_grpc_error
 
 Response = rls_pb2.RateLimitResponse

@@ -1,7 +1,6 @@
 """Helpers shared by the generation tests."""
 
 import re
-import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,14 +25,3 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
         text = response.read().decode()
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def poll(condition, what: str, timeout: float = 10.0):
-    """Polls `condition()` until it returns a truthy value, which it returns."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)  # poll interval; the condition decides
-    raise AssertionError(f"{what} not reached within {timeout}s")

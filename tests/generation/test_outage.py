@@ -10,8 +10,7 @@ from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 from llmsuite.generation.v1 import generation_pb2 as pb, generation_pb2_grpc
 
-from tests.generation.support import poll
-from tests.harness import ServiceProcess, assert_grpc_error, free_port, grpc_health_status, service_env
+from tests.harness import ServiceProcess, assert_grpc_error, free_port, grpc_health_status, poll, service_env
 from tests.stack_fixtures import start_generation, start_triton
 
 pytestmark = pytest.mark.integration

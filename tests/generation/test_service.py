@@ -7,8 +7,8 @@ from google.rpc import error_details_pb2
 from llmsuite.generation.v1 import generation_pb2 as pb
 from standin.text import Sampling, complete, count_tokens, natural_length
 
-from tests.generation.support import MAX_PROMPT_CHARS, poll, scrape, standin_answer_range
-from tests.harness import assert_grpc_error
+from tests.generation.support import MAX_PROMPT_CHARS, scrape, standin_answer_range
+from tests.harness import assert_grpc_error, poll
 
 pytestmark = pytest.mark.integration
 

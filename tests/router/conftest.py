@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from tests.harness import ServiceProcess, free_port, service_env
-from tests.router.support import GARDEN, start_redis, start_router
+from tests.harness import start_redis
+from tests.router.support import GARDEN, start_router
 from tests.stack_fixtures import start_generation, start_triton
 
 # Tenants of the shared test routers.

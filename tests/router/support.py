@@ -2,7 +2,6 @@
 
 import re
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,33 +130,3 @@ def has_retry_info(err: grpc.RpcError) -> bool:
     return status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
 
 
-def poll(condition, what: str, timeout: float = 20.0):
-    """Polls `condition()` until it returns a truthy value, which it returns."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)  # poll interval; the condition decides
-    raise AssertionError(f"{what} not reached within {timeout}s")
-
-
-def start_redis(log_dir: Path, name: str = "redis") -> tuple[ServiceProcess, str]:
-    """A throwaway redis-server on a free port without persistence; returns (process, url)."""
-    import redis
-
-    port = free_port()
-    process = ServiceProcess(name, ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                    "--bind", "127.0.0.1"], log_dir).start()
-
-    def pong() -> bool:
-        try:
-            return redis.Redis(port=port, socket_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-    try:
-        process.wait_until(pong, "redis PING", timeout=20)
-    except BaseException:
-        process.stop()
-        raise
-    return process, f"redis://127.0.0.1:{port}/0"

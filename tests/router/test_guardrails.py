@@ -10,7 +10,7 @@ from services.router.generation_client import Completion
 from services.router.guardrails_client import GuardrailsClient, OutputOutcome
 from services.router.upstream import Deadline
 from services.router.validation import Turn
-from tests.harness import free_port
+from tests.harness import free_port, poll
 from tests.router.support import (
     ask,
     ask_stream,
@@ -19,7 +19,6 @@ from tests.router.support import (
     has_retry_info,
     long_answer_request_id,
     model_prompt,
-    poll,
     scrape_triton,
     start_router,
 )

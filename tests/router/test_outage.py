@@ -14,9 +14,9 @@ from tests.router.support import (
     error_info,
     has_retry_info,
     long_answer_request_id,
-    poll,
     start_router,
 )
+from tests.harness import poll
 from tests.stack_fixtures import start_generation, start_triton
 
 pytestmark = pytest.mark.integration
