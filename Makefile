@@ -7,13 +7,21 @@ SITE     := $(VENV)/lib/python3.11/site-packages
 PROTOS   := $(shell find protos -name '*.proto')
 DEPS     := $(VENV)/.deps-installed
 STUBS    := gen/.stamp
+MODELS   := build/.embedding-models
 SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
 
-setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF)
+setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
+
+# The embedder's ONNX files (fp32 and int8), exported once from the pinned weights
+# into the user's cache (LLMSUITE_MODEL_CACHE, default ~/.cache/llmsuite/models).
+# Services build them on first use too; this only keeps that off their start.
+$(MODELS): $(DEPS) services/common/onnx_model.py
+	$(PY) -m services.common.embeddings
+	@mkdir -p build && touch $@
 
 # Debian packages the tests and `make run` start for real.
 $(SYSTEM):

@@ -21,14 +21,17 @@ RUN pip install --no-deps . \
  && mkdir gen \
  && python -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen \
       --include_imports --descriptor_set_out=gen/llmsuite.pb $(find protos -name '*.proto') \
- && echo /app/gen > /opt/venv/lib/python3.11/site-packages/llmsuite-gen.pth
+ && echo /app/gen > /opt/venv/lib/python3.11/site-packages/llmsuite-gen.pth \
+ && LLMSUITE_MODEL_CACHE=/app/models python -m services.common.embeddings
 
 FROM python:3.11.11-slim-bookworm
 # Unprivileged, fixed uid so Kubernetes' runAsNonRoot can check it.
 RUN groupadd --gid 10001 llmsuite && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin llmsuite
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp HEALTH_PORT=50051
+# The embedder's ONNX files were exported at build time (read-only here).
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp HEALTH_PORT=50051 \
+    LLMSUITE_MODEL_CACHE=/app/models
 WORKDIR /app
 USER 10001:10001
 # Each service sets HEALTH_PORT to its gRPC port; compose repeats it per service.

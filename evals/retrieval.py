@@ -8,8 +8,8 @@ temporary directory) and talks to it over gRPC only, as a client would:
      top_k=100 and group_by_document (a document scores as its best chunk);
   3. search latency per mode at top_k=10, measured at the client, so query
      embedding, gRPC and the store are all included;
-  4. the same with the embedder in fp32 (quantize=false), to report what int8
-     costs in quality and gains in speed.
+  4. the same with documents embedded in fp32 (quantize_ingest=false), to report
+     what int8 ingest costs in quality and gains in speed (queries are fp32 in both).
 Writes reports/retrieval.json and prints a table.
 
 Test queries are report-only. `--split train` runs the same on the train queries,
@@ -157,7 +157,7 @@ def run_service(tmp: Path, quantize: bool, split: str, modes: list[str], with_la
     store = tmp / f"qdrant-{label}"
     metrics_port = free_port()
     process, port = start_service("retrieval", "retrieval", {
-        "qdrant_path": store, "quantize": str(quantize).lower(), "metrics_port": metrics_port}, tmp, name=f"retrieval-{label}")
+        "qdrant_path": store, "quantize_ingest": str(quantize).lower(), "metrics_port": metrics_port}, tmp, name=f"retrieval-{label}")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
@@ -237,7 +237,7 @@ def tune(args: argparse.Namespace) -> int:
     qrels = load_qrels(data / "qrels_train.tsv")
     query_ids = list(qrels)
     settings = RetrievalSettings()
-    embedder = Embedder(quantize=True)
+    embedder = Embedder(quantize=True)  # documents, as the service ingests them
     chunker = DocumentChunker(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
                               overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
     docs = read_documents(data / "corpus.jsonl")
@@ -249,7 +249,7 @@ def tune(args: argparse.Namespace) -> int:
     owner = np.asarray(owner)
     print(f"{len(docs)} documents, {len(chunks)} chunks", file=sys.stderr)
 
-    key = hashlib.sha256(json.dumps([chunks, embedder.MODEL_NAME]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([chunks, embedder.MODEL_NAME, "onnx-int8-per-channel"]).encode()).hexdigest()[:16]
     cache = REPO / "var" / "eval-cache" / f"scifact-int8-{key}.npy"
     if cache.exists():
         dense = np.load(cache)
@@ -263,7 +263,7 @@ def tune(args: argparse.Namespace) -> int:
             print(f"\r  embedded {begin + len(rows)}/{len(chunks)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         np.save(cache, dense)
-    query_dense = embedder.embed([queries[q] for q in query_ids])
+    query_dense = Embedder().embed([queries[q] for q in query_ids])
     dense_scores = query_dense @ dense.T
 
     def doc_metrics(scores: np.ndarray) -> float:

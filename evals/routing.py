@@ -60,8 +60,8 @@ def tune_threshold(train: list[dict]) -> dict:
     """Threshold from the training pairs: just above the most similar negative the guards let through."""
     from services.common.embeddings import Embedder
 
-    # The retrieval service's default embedder: int8 all-MiniLM-L6-v2.
-    embedder = Embedder(quantize=True)
+    # What the router's Embed calls get from the retrieval service: fp32 all-MiniLM-L6-v2.
+    embedder = Embedder()
     a = embedder.embed([row["a"] for row in train])
     b = embedder.embed([row["b"] for row in train])
     similarity = (a * b).sum(axis=1)

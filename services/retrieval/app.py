@@ -31,14 +31,19 @@ def open_store(settings: RetrievalSettings, embedder: TextEmbedder) -> Store:
         raise
 
 
-def build_components(settings: RetrievalSettings, embedder: TextEmbedder) -> Components:
-    """Everything the servicer needs, from a loaded embedder (synchronous; seconds)."""
+def build_components(settings: RetrievalSettings, embedder: TextEmbedder,
+                     document_embedder: TextEmbedder | None = None) -> Components:
+    """Everything the servicer needs, from loaded embedders (synchronous; seconds).
+
+    `embedder` serves queries and the Embed RPC; `document_embedder` (default: the
+    same) embeds chunks on ingest. Both must embed into the same vector space.
+    """
     store = open_store(settings, embedder)
     store.check()
     sparse = SparseEncoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
     chunker = DocumentChunker(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
                               overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
-    ingestor = Ingestor(chunker, ObservedEmbedder(embedder, "ingest"), sparse,
+    ingestor = Ingestor(chunker, ObservedEmbedder(document_embedder or embedder, "ingest"), sparse,
                         batch_size=settings.ingest_batch_size, max_chunks=settings.max_chunks_per_request)
     batching = dict(max_batch=settings.embed_max_batch, max_wait_ms=settings.embed_max_wait_ms)
     return Components(
@@ -54,14 +59,18 @@ def create(settings: RetrievalSettings, embedder: TextEmbedder | None = None) ->
     components: list[Components] = []
 
     async def warm_up() -> None:
-        model = embedder or await asyncio.to_thread(Embedder, quantize=settings.quantize)
-        built = await asyncio.to_thread(build_components, settings, model)
+        if embedder is None:
+            model = await asyncio.to_thread(Embedder)
+            documents = await asyncio.to_thread(Embedder, quantize=True) if settings.quantize_ingest else model
+        else:
+            model = documents = embedder
+        built = await asyncio.to_thread(build_components, settings, model, documents)
         components.append(built)
         # The first forward pass initialises kernels; keep that off the first query.
         await built.query_embedder.embed_one("warm up")
         servicer.attach(built)
-        log.info("store %s, embedder %s (%s)", "embedded" if built.store.local else "server", model.MODEL_NAME,
-                 "int8" if settings.quantize and embedder is None else "as given")
+        log.info("store %s, embedder %s (ingest %s)", "embedded" if built.store.local else "server", model.MODEL_NAME,
+                 "as given" if embedder is not None else "int8" if settings.quantize_ingest else "fp32")
 
     async def close() -> None:
         for built in components:

@@ -38,7 +38,9 @@ class RetrievalSettings(ServerSettings):
     max_collections_per_tenant: int = Field(100, ge=1, description="Collections one tenant may create.")
 
     # Embeddings
-    quantize: bool = Field(True, description="int8 dynamic quantisation of the embedder (about 2x faster; cost in the eval).")
+    quantize_ingest: bool = Field(
+        True, description="int8 weights (per channel) for embedding documents on ingest: faster bulk loads for a "
+                          "small quality cost (see the eval). Queries and the Embed RPC always run fp32.")
     embed_max_batch: int = Field(32, ge=1, le=256, description="Largest micro-batch of concurrent query embeddings.")
     embed_max_wait_ms: float = Field(1.0, ge=0, le=50, description="How long a lone query waits for others to batch with.")
     ingest_batch_size: int = Field(16, ge=1, le=256, description="Chunks per forward pass on ingest (16 was fastest here).")
