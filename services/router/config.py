@@ -129,7 +129,7 @@ class RouterSettings(ServerSettings):
     tiers: TierPolicy = Field(default_factory=TierPolicy, description="Complexity estimate and tier threshold (YAML only).")
 
     semantic_threshold: float = Field(
-        0.85, gt=0, le=1,
+        0.90, gt=0, le=1,
         description="Cosine similarity for a semantic cache hit (with the lexical guards); tuned on evals/data/routing_train.jsonl.",
     )
     cache_max_entries: int = Field(10_000, ge=1, description="Answers the in-process cache keeps (LRU).")
