@@ -4,13 +4,12 @@ Every problem becomes INVALID_ARGUMENT naming the field and the accepted range,
 so a caller can fix the request without reading server logs.
 """
 
-import math
 from dataclasses import dataclass
 
 from llmsuite.inference.v1 import inference_pb2
 
 from services.common.errors import InvalidArgument
-from services.common.sampling import Sampling
+from services.common.sampling import Sampling, parse_sampling
 from services.router.config import RouterSettings, TenantSettings
 
 MAX_STOP_STRINGS = 8
@@ -75,30 +74,9 @@ def _turns(request, settings: RouterSettings, allow_system: bool) -> tuple[Turn,
 
 
 def _sampling(params, settings: RouterSettings) -> Sampling:
-    max_tokens = params.max_tokens if params.HasField("max_tokens") else settings.default_max_tokens
-    if not 1 <= max_tokens <= settings.max_output_tokens:
-        raise InvalidArgument(f"sampling.max_tokens must be between 1 and {settings.max_output_tokens}, got {max_tokens}",
-                              field="sampling.max_tokens")
-    temperature = params.temperature if params.HasField("temperature") else None
-    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
-        raise InvalidArgument("sampling.temperature must be between 0 and 2", field="sampling.temperature")
-    top_p = params.top_p if params.HasField("top_p") else None
-    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
-        raise InvalidArgument("sampling.top_p must be in (0, 1]", field="sampling.top_p")
-    top_k = params.top_k if params.HasField("top_k") else None
-    if top_k is not None and not 0 <= top_k <= 1000:
-        raise InvalidArgument("sampling.top_k must be between 0 and 1000", field="sampling.top_k")
-    if len(params.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in params.stop):
-        raise InvalidArgument(f"sampling.stop takes at most {MAX_STOP_STRINGS} non-empty strings of at most "
-                              f"{MAX_STOP_CHARS} characters", field="sampling.stop")
-    return Sampling(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        seed=params.seed if params.HasField("seed") else None,
-        stop=tuple(params.stop),
-    )
+    return parse_sampling(params, default_max_tokens=settings.default_max_tokens,
+                          max_tokens_limit=settings.max_output_tokens, max_stop_strings=MAX_STOP_STRINGS,
+                          max_stop_chars=MAX_STOP_CHARS)
 
 
 def _session_id(request, settings: RouterSettings) -> str | None:
