@@ -9,7 +9,7 @@ from llmsuite.generation.v1 import generation_pb2_grpc
 
 from tests.generation.support import MAX_PROMPT_CHARS
 from tests.harness import REPO, free_port
-from tests.stack_fixtures import start_generation, start_triton
+from tests.stack_fixtures import start_generation
 
 # The stand-ins' text generator, to know the exact answer a model must return.
 sys.path.insert(0, str(REPO / "models" / "cpu"))
@@ -18,13 +18,6 @@ sys.path.insert(0, str(REPO / "models" / "cpu"))
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("generation-logs")
-
-
-@pytest.fixture(scope="session")
-def triton(log_dir):
-    process, _port = start_triton(log_dir)
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import yaml
 from tests.harness import ServiceProcess, free_port, service_env
 from tests.harness import start_redis
 from tests.router.support import GARDEN, start_router
-from tests.stack_fixtures import start_generation, start_triton
+from tests.stack_fixtures import start_generation
 
 # Tenants of the shared test routers.
 TENANTS = {
@@ -25,13 +25,6 @@ TEMPLATES = {"default": {}, "garden": GARDEN.model_dump()}
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("router-logs")
-
-
-@pytest.fixture(scope="session")
-def triton(log_dir):
-    process, _port = start_triton(log_dir)
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="session")
