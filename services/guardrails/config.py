@@ -134,15 +134,13 @@ class GuardrailsSettings(ServerSettings):
         description="Where the blank spaCy pipeline is saved at first start (relative paths: repository root).")
     classifier_path: str = Field(
         "", description="Injection classifier JSON; empty: the one shipped in services/guardrails/data.")
-    embedding_quantize: bool = Field(
-        True, description="int8 dynamic quantisation of all-MiniLM-L6-v2 (about 2x faster).")
     embedding_max_batch: int = Field(32, ge=1, le=256, description="Most prompts embedded in one forward pass.")
     embedding_max_wait_ms: float = Field(
         0.0, ge=0, le=100,
         description="How long a lone prompt waits for others to batch with. 0: no wait; under load, prompts "
                     "that arrive while a batch runs still form the next batch.")
     embedding_threads: int = Field(
-        1, ge=0, description="torch threads for embeddings; 0: torch's default (all cores). One leaves the "
+        1, ge=0, description="ONNX Runtime threads for embeddings; 0: its default (all cores). One leaves the "
                              "other core of a small machine to the event loop, which runs every other stage.")
     restore_key: str = Field(
         "", description="base64 of a 32-byte AES-GCM key for restore tokens. Empty: a random key per "

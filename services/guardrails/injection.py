@@ -16,10 +16,10 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from services.guardrails.classifier import ClassifierError, InjectionClassifier
+from services.guardrails.classifier import InjectionClassifier
 from services.guardrails.decoders import decoded_views
 from services.guardrails.normalize import normalize
-from services.guardrails.patterns import FAMILIES, FAMILY_NAMES, match_families
+from services.guardrails.patterns import FAMILIES, match_families
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ HIDDEN_WEIGHT = 0.93
 SPACED_RUN_MIN = 8
 # Reasons quote at most this much of the matched text.
 _SNIPPET = 60
-
-FEATURE_NAMES: tuple[str, ...] = (
-    *(f"family:{name}" for name in FAMILY_NAMES), "obfuscation", "hidden_payload", "language_switch",
-)
 
 _WEIGHTS = {family.name: family.weight for family in FAMILIES}
 _REASONS = {family.name: family.reason for family in FAMILIES}
@@ -67,11 +63,6 @@ class CheapSignals:
     @property
     def decisive(self) -> bool:
         return self.rule_score >= DECISIVE_SCORE
-
-    def features(self) -> np.ndarray:
-        values = [float(name in self.families or name in self.hidden) for name in FAMILY_NAMES]
-        values += [float(bool(self.obfuscation)), float(bool(self.hidden)), float(self.language_switch)]
-        return np.asarray(values, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -152,9 +143,6 @@ class InjectionDetector:
 
     def __init__(self, classifier: InjectionClassifier | None,
                  embed: Callable[[str], Awaitable[np.ndarray]] | None):
-        if classifier is not None and classifier.feature_names != FEATURE_NAMES:
-            raise ClassifierError("injection classifier was trained on other cheap-signal features; "
-                                  "rebuild it with `python -m services.guardrails.train`")
         self._classifier = classifier
         self._embed = embed
 
@@ -173,7 +161,7 @@ class InjectionDetector:
             return pending
         if signals.language_switch:
             pending.reasons.append("language switch inside the prompt")
-        pending.lexical = self._classifier.lexical(signals.normalised, signals.features())
+        pending.lexical = self._classifier.lexical(signals.normalised)
         if self._classifier.gate_decides(pending.lexical):
             pending.result = self._result(pending, pending.lexical, "lexical", False)
         return pending
@@ -184,7 +172,7 @@ class InjectionDetector:
             return pending.result
         if embedding is None:
             return self._result(pending, pending.lexical, "lexical", False)
-        semantic = self._classifier.semantic(embedding, pending.signals.features())
+        semantic = self._classifier.semantic(embedding)
         return self._result(pending, (pending.lexical + semantic) / 2, "semantic", computed)
 
     async def score(self, text: str, embedding: np.ndarray | None = None, *,

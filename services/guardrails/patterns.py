@@ -350,7 +350,6 @@ FAMILIES: tuple[Family, ...] = (
     INSTRUCTION_OVERRIDE, TASK_HIJACK, ROLE_PLAY, JAILBREAK, PROMPT_EXTRACTION,
     CHAT_DELIMITERS, AUTHORITY, CONTEXT_IGNORE, ESCAPE_PADDING, ENCODING_EVASION,
 )
-FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
 
 
 def match_families(views: tuple[str, ...]) -> dict[str, str]:

@@ -46,7 +46,9 @@ def build_guard(settings: GuardrailsSettings, embed=None, classifier: InjectionC
 def load_embedder(settings: GuardrailsSettings):
     from services.common.embeddings import BatchingEmbedder, Embedder
 
-    embedder = Embedder(quantize=settings.embedding_quantize, threads=settings.embedding_threads or None)
+    # fp32: the semantic classifier was fitted on fp32 vectors, and a caller's
+    # embedding (the router's, also fp32) must equal the one computed here.
+    embedder = Embedder(quantize=False, threads=settings.embedding_threads or None)
     return BatchingEmbedder(embedder, max_batch=settings.embedding_max_batch,
                             max_wait_ms=settings.embedding_max_wait_ms)
 

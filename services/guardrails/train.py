@@ -2,10 +2,11 @@
 
     python -m services.guardrails.train [--data-dir DIR] [--out PATH]
 
-Reads injection_train.jsonl (never the test split). Features: the cheap signals of
-injection.py, plus hashed character n-grams of the normalised prompt (lexical
-model) or the prompt's all-MiniLM-L6-v2 embedding, int8 as the service runs it
-(semantic model).
+Reads injection_train.jsonl (never the test split). Features: hashed character
+n-grams of the normalised prompt (lexical model) or the prompt's all-MiniLM-L6-v2
+embedding, fp32 as the service computes it (semantic model). The pattern families
+are not features (see classifier.py); the cascade that is scored applies them as
+the service does.
 
 Five-fold cross-validation on the training rows, grouped so that near-duplicates
 (a row contained in another, or embeddings with cosine >= 0.9, as with the many
@@ -29,15 +30,15 @@ import numpy as np
 
 from services.guardrails.classifier import DEFAULT_PATH, HashingSpec, InjectionClassifier
 from services.guardrails.datasets import data_dir, read_jsonl
-from services.guardrails.injection import FEATURE_NAMES, cheap_signals
+from services.guardrails.injection import cheap_signals
 
 log = logging.getLogger(__name__)
 
 TRAIN_FILE = "injection_train.jsonl"
 C_GRID = (3.0, 10.0, 30.0)
-GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15)
-GATE_ATTACK_GRID = (0.9, 0.95, 1.01)  # 1.01: never skip on a confident attack
-OPERATING_POINTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+GATE_ATTACK_GRID = (0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: never skip on a confident attack
+OPERATING_POINTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 F1_TOLERANCE = 0.005
 FOLDS = 5
 # Rows sharing this many leading or trailing characters are near-duplicates.
@@ -88,8 +89,6 @@ def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 
 def build(directory: Path) -> InjectionClassifier:
-    from scipy.sparse import csr_matrix, hstack
-
     from services.common.embeddings import MODEL_NAME, Embedder
 
     path = directory / TRAIN_FILE
@@ -97,19 +96,17 @@ def build(directory: Path) -> InjectionClassifier:
     texts = [row["text"] for row in rows]
     labels = np.asarray([int(row["label"]) for row in rows])
     signals = [cheap_signals(text) for text in texts]
-    cheap = np.stack([s.features() for s in signals])
     rule_hit = np.asarray([s.rule_score >= 0.5 for s in signals])
     decisive = np.asarray([s.decisive for s in signals])
     log.info("rules alone: %s", _scores(labels, rule_hit))
 
-    embedder = Embedder(quantize=True)
+    embedder = Embedder(quantize=False)
     embeddings = np.concatenate([embedder.embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
     groups = near_duplicate_groups(texts, embeddings)
     log.info("%d rows in %d near-duplicate groups", len(texts), len(set(groups)))
 
-    hashed = HASHING.vectorizer().transform([s.normalised for s in signals])
-    lexical_x = hstack([hashed, csr_matrix(cheap)]).tocsr()
-    semantic_x = np.hstack([embeddings, cheap])
+    lexical_x = HASHING.vectorizer().transform([s.normalised for s in signals]).tocsr()
+    semantic_x = embeddings
     lexical_p = {c: _out_of_fold(lexical_x, labels, groups, c) for c in C_GRID}
     semantic_p = {c: _out_of_fold(semantic_x, labels, groups, c) for c in C_GRID}
 
@@ -141,12 +138,12 @@ def build(directory: Path) -> InjectionClassifier:
         "positives": int(labels.sum()),
         "near_duplicate_groups": len(set(groups)),
         "embedding_model": MODEL_NAME,
-        "embedding_int8": True,
+        "embedding_precision": "fp32",
         "scikit_learn": sklearn.__version__,
         "cross_validation": {"rules_alone": _scores(labels, rule_hit), "best_f1": best_f1, "chosen": chosen},
     }
     return InjectionClassifier(
-        feature_names=FEATURE_NAMES, hashing=HASHING,
+        hashing=HASHING,
         lexical_coef=lexical_model.coef_[0], lexical_intercept=float(lexical_model.intercept_[0]),
         embedding_dim=embeddings.shape[1], semantic_coef=semantic_model.coef_[0],
         semantic_intercept=float(semantic_model.intercept_[0]),
