@@ -128,6 +128,20 @@ class _State:
             DEGRADED.labels(reason).inc()
 
 
+def _final_response(state: _State, inference: InferenceRequest, overhead_s: float,
+                    **answer) -> inference_pb2.GenerateResponse:
+    """The last message of an answer: what was answered plus what every answer reports."""
+    return inference_pb2.GenerateResponse(
+        **answer,
+        guardrail_findings=state.findings,
+        degraded=bool(state.degraded),
+        degraded_reasons=state.degraded,
+        request_id=request_id_var.get(),
+        overhead_ms=overhead_s * 1000,
+        session_id=inference.session_id or "",
+    )
+
+
 class Pipeline:
     def __init__(self, settings: RouterSettings, generation: GenerationClient, guardrails: GuardrailsClient | None,
                  retrieval: RetrievalClient | None, cache: ResponseCache, sessions: SessionStore,
@@ -275,7 +289,8 @@ class Pipeline:
         log.info("answered", extra={"model": model_name, "tier": _TIER_NAMES[answered_by.tier],
                                     "input_tokens": input_tokens, "output_tokens": output_tokens,
                                     "degraded": state.degraded, "cache": inference_pb2.CacheStatus.Name(cache_status)})
-        yield inference_pb2.GenerateResponse(
+        yield _final_response(
+            state, inference, overhead_s,
             text=text,
             finish_reason=finish,
             usage=inference_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens,
@@ -285,12 +300,6 @@ class Pipeline:
             model=model_name,
             model_version=completion.model_version if completion else "",
             cache_status=cache_status,
-            guardrail_findings=state.findings,
-            degraded=bool(state.degraded),
-            degraded_reasons=state.degraded,
-            request_id=request_id_var.get(),
-            overhead_ms=overhead_s * 1000,
-            session_id=inference.session_id or "",
             sources=state.sources,
         )
 
@@ -420,7 +429,8 @@ class Pipeline:
         ANSWERS.labels("cache", cached.model).inc()
         log.info("answered from cache", extra={"cache": inference_pb2.CacheStatus.Name(status),
                                                "degraded": state.degraded})
-        yield inference_pb2.GenerateResponse(
+        yield _final_response(
+            state, inference, overhead_s,
             text=cached.text,
             finish_reason=_FINISH.get(cached.finish_reason, inference_pb2.FINISH_REASON_STOP),
             usage=inference_pb2.Usage(),
@@ -429,12 +439,6 @@ class Pipeline:
             model=cached.model,
             model_version=cached.model_version,
             cache_status=status,
-            guardrail_findings=state.findings,
-            degraded=bool(state.degraded),
-            degraded_reasons=state.degraded,
-            request_id=request_id_var.get(),
-            overhead_ms=overhead_s * 1000,
-            session_id=inference.session_id or "",
         )
 
     async def _cached_fallback(self, plan: CachePlan, scope: Scope, turns: tuple[Turn, ...], question: str,
