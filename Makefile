@@ -74,6 +74,7 @@ eval-routing: setup
 
 bench: setup
 	$(PY) -m tests.gateway.bench_edge
+	$(PY) evals/stack_load.py
 
 # Regenerate what is derived from code: the README's configuration reference and
 # the Envoy configs committed for compose and Kubernetes.
