@@ -25,7 +25,6 @@ the policies' default threshold. Weights are plain JSON built by
 
 import copy
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import numpy as np
 from sklearn.utils import murmurhash3_32
 
 DEFAULT_PATH = Path(__file__).parent / "data" / "injection_classifier.json"
+# Bound on the n-gram bucket cache (about 100 bytes an entry); cleared when full.
+_MAX_CACHED_NGRAMS = 200_000
 
 
 class ClassifierError(Exception):
@@ -56,6 +57,23 @@ class HashingSpec:
 
         return HashingVectorizer(analyzer="char_wb", ngram_range=(self.ngram_min, self.ngram_max),
                                  n_features=self.n_features, alternate_sign=False, norm="l2", lowercase=True)
+
+
+class _Buckets(dict):
+    """n-gram -> hashed bucket, computed on first use: murmurhash3 of each of a
+    prompt's ~1,500 n-grams, one Python call each, was most of the lexical model's
+    cost; looking them up runs at C speed."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.n_features = n_features
+
+    def __missing__(self, gram: str) -> int:
+        # scikit-learn's bucketing: abs of the signed 32-bit hash, modulo n_features.
+        h = murmurhash3_32(gram)
+        n = self.n_features
+        bucket = self[gram] = (2 ** 31 - n) % n if h == -(2 ** 31) else abs(h) % n
+        return bucket
 
 
 class InjectionClassifier:
@@ -82,6 +100,7 @@ class InjectionClassifier:
         self.operating_point = operating_point
         self.metadata = metadata or {}
         self._analyzer = hashing.vectorizer().build_analyzer()
+        self._buckets = _Buckets(hashing.n_features)
 
     @classmethod
     def load(cls, path: Path | str = DEFAULT_PATH) -> "InjectionClassifier":
@@ -126,16 +145,15 @@ class InjectionClassifier:
     def hashed(self, normalised_text: str) -> tuple[np.ndarray, np.ndarray]:
         """The HashingVectorizer row of text as (indices, values), without its per-call
         overhead: scikit-learn's own analyzer for the n-grams, the same murmurhash3
-        bucketing (abs of the signed hash, modulo) and l2 norm."""
-        n = self.hashing.n_features
-        counts = Counter()
-        for gram in self._analyzer(normalised_text):
-            h = murmurhash3_32(gram)
-            counts[(2 ** 31 - n) % n if h == -(2 ** 31) else abs(h) % n] += 1
-        if not counts:
+        bucketing (via a cache) and l2 norm."""
+        grams = self._analyzer(normalised_text)
+        if not grams:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        index = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        values = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        if len(self._buckets) > _MAX_CACHED_NGRAMS:
+            self._buckets.clear()
+        buckets = np.fromiter(map(self._buckets.__getitem__, grams), dtype=np.int64, count=len(grams))
+        index, counts = np.unique(buckets, return_counts=True)
+        values = counts.astype(np.float32)
         return index, values / np.sqrt(np.dot(values, values))
 
     def lexical(self, normalised_text: str) -> float:

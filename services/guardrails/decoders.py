@@ -92,7 +92,7 @@ def decoded_views(text: str) -> list[Decoded]:
     """Every decoded reading of text worth checking for hidden instructions."""
     views = [Decoded("base64", value) for value in decode_base64(text)]
     views += [Decoded("hex", value) for value in decode_hex(text)]
-    if sum(ch.isalpha() for ch in text) >= 8:
+    if sum(map(str.isalpha, text)) >= 8:
         views.append(Decoded("rot13", decode_rot13(text)))
         views.append(Decoded("reversed", decode_reversed(text)))
     return views
