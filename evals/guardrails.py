@@ -62,6 +62,7 @@ TARGETS = {
 # Speed targets are checked for two gRPC modes: the service computing embeddings
 # itself (cascade) and the router's path, which sends the embedding it computed.
 SPEED_MODES = ("cascade", "caller-embedding")
+MODES = ("cascade", "always-embed", "caller-embedding")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -236,28 +237,28 @@ def _gate_off(path: Path) -> None:
 
 async def evaluate(args: argparse.Namespace) -> dict:
     directory = data_dir()
-    settings = GuardrailsSettings(port=0, metrics_port=0)
+    settings = GuardrailsSettings(port=0, metrics_port=0, **args.setting)
     policy = settings.policies["default"]
     batching = load_embedder(settings)
     guard = build_guard(settings, batching.embed_one)
     report: dict = {"data_dir": str(directory), "machine": {"cpus": os.cpu_count(),
                                                            "load_average_at_start": os.getloadavg()}}
     try:
-        print("injection, xstest, cyberseceval ...", file=sys.stderr)
-        report["injection"] = await injection_quality(guard, policy, directory)
-        print("pii_synth ...", file=sys.stderr)
-        report["pii"] = pii_quality(guard, policy, directory)
+        if not args.speed_only:
+            print("injection, xstest, cyberseceval ...", file=sys.stderr)
+            report["injection"] = await injection_quality(guard, policy, directory)
+            print("pii_synth ...", file=sys.stderr)
+            report["pii"] = pii_quality(guard, policy, directory)
         if args.skip_speed:
             return report
         prompts = latency_prompts(directory, args.prompts)
         embeddings = await batching.embed_many(prompts)
         always = build_guard(settings, batching.embed_one, InjectionClassifier.load().with_gate(0.0, 1.01))
         print("in-process latency ...", file=sys.stderr)
-        report["latency_in_process"] = {
-            "cascade": await in_process_latency(guard, policy, prompts, None),
-            "always-embed": await in_process_latency(always, policy, prompts, None),
-            "caller-embedding": await in_process_latency(always, policy, prompts, embeddings),
-        }
+        in_process = {"cascade": (guard, None), "always-embed": (always, None),
+                      "caller-embedding": (always, embeddings)}
+        report["latency_in_process"] = {mode: await in_process_latency(checker, policy, prompts, vectors)
+                                        for mode, (checker, vectors) in in_process.items() if mode in args.modes}
     finally:
         await batching.close()
 
@@ -268,8 +269,10 @@ async def evaluate(args: argparse.Namespace) -> dict:
         runs = {"cascade": ({}, None), "always-embed": ({"classifier_path": gate_off}, None),
                 "caller-embedding": ({"classifier_path": gate_off}, embeddings)}
         for mode, (extra, vectors) in runs.items():
+            if mode not in args.modes:
+                continue
             print(f"gRPC {mode} ...", file=sys.stderr)
-            process, port = start_service("guardrails", "guardrails", extra, Path(tmp) / "logs",
+            process, port = start_service("guardrails", "guardrails", {**args.setting, **extra}, Path(tmp) / "logs",
                                           name=f"guardrails-{mode}")
             try:
                 report["grpc"][mode] = await grpc_speed(port, prompts, vectors, args.concurrency, args.rounds)
@@ -279,13 +282,14 @@ async def evaluate(args: argparse.Namespace) -> dict:
 
 
 def targets(report: dict) -> dict:
-    values = {
-        "injection_f1": report["injection"]["cascade"]["f1"],
-        "xstest_safe_fpr": report["injection"]["xstest"]["safe_fpr"],
-        "pii_recall": report["pii"]["micro"]["recall"],
-        "pii_precision": report["pii"]["micro"]["precision"],
-    }
-    for mode in SPEED_MODES if "grpc" in report else ():
+    values = {}
+    if "injection" in report:
+        values["injection_f1"] = report["injection"]["cascade"]["f1"]
+        values["xstest_safe_fpr"] = report["injection"]["xstest"]["safe_fpr"]
+    if "pii" in report:
+        values["pii_recall"] = report["pii"]["micro"]["recall"]
+        values["pii_precision"] = report["pii"]["micro"]["precision"]
+    for mode in [m for m in SPEED_MODES if m in report.get("grpc", {})]:
         run = report["grpc"][mode]
         values[f"latency_p50_ms {mode}"] = run["sequential"]["p50_ms"]
         values[f"latency_p99_ms {mode}"] = run["sequential"]["p99_ms"]
@@ -297,7 +301,7 @@ def targets(report: dict) -> dict:
     return result
 
 
-def print_table(report: dict) -> None:
+def _quality_rows(report: dict) -> list[tuple[str, str]]:
     inj = report["injection"]
 
     def prf(m: dict) -> str:
@@ -320,6 +324,11 @@ def print_table(report: dict) -> None:
         p = "n/a" if m["precision"] is None else f"{m['precision']:.3f}"
         r = "n/a" if m["recall"] is None else f"{m['recall']:.3f}"
         rows.append((f"  {entity} P / R (pred {m['predicted']}, gold {m['gold']})", f"{p} / {r}"))
+    return rows
+
+
+def print_table(report: dict) -> None:
+    rows = _quality_rows(report) if "injection" in report else []
     for mode, m in report.get("latency_in_process", {}).items():
         rows.append((f"CheckInput in-process {mode} p50 / p99 ms",
                      f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f} (embedded {m['embedded_fraction']:.0%})"))
@@ -347,8 +356,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the prompts in the throughput runs")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="concurrent gRPC callers")
     parser.add_argument("--skip-speed", action="store_true", help="quality only")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="speed only: for tuning the service without looking at the report-only test sets")
+    parser.add_argument("--modes", type=lambda v: v.split(","), default=list(MODES),
+                        help="speed modes to run, comma-separated (default: all of " + ",".join(MODES) + ")")
+    parser.add_argument("--setting", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a guardrails setting for the gRPC runs' service (e.g. embedding_threads=2)")
     args = parser.parse_args(argv)
+    args.setting = dict(item.split("=", 1) for item in args.setting)
     report = asyncio.run(evaluate(args))
+    report["service_settings"] = args.setting
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["targets"] = targets(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_FILE = "injection_train.jsonl"
 C_GRID = (3.0, 10.0, 30.0)
-GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 GATE_ATTACK_GRID = (0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: never skip on a confident attack
 OPERATING_POINTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 F1_TOLERANCE = 0.005
