@@ -42,7 +42,14 @@ class RetrievalSettings(ServerSettings):
         True, description="int8 weights (per channel) for embedding documents on ingest: faster bulk loads for a "
                           "small quality cost (see the eval). Queries and the Embed RPC always run fp32.")
     embed_max_batch: int = Field(32, ge=1, le=256, description="Largest micro-batch of concurrent query embeddings.")
-    embed_max_wait_ms: float = Field(1.0, ge=0, le=50, description="How long a lone query waits for others to batch with.")
+    embed_max_wait_ms: float = Field(
+        0.0, ge=0, le=50,
+        description="How long a lone query waits for others to batch with. 0: none; queries that arrive while a "
+                    "batch is being embedded still form the next batch, so batching under load stays.")
+    query_cache_entries: int = Field(
+        1024, ge=0,
+        description="Query embeddings kept for repeated searches, keyed by tenant and exact query text "
+                    "(never shared between tenants); 0 turns the cache off.")
     ingest_batch_size: int = Field(16, ge=1, le=256, description="Chunks per forward pass on ingest (16 was fastest here).")
     max_embed_texts: int = Field(256, ge=1, description="Most texts in one Embed request.")
     max_embed_chars: int = Field(20_000, ge=1, description="Longest text in an Embed request (it is embedded up to 256 tokens).")

@@ -6,6 +6,7 @@ gateway's identity header), never from a request field.
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -46,10 +47,37 @@ class Components:
     sparse: SparseEncoder
 
 
+class QueryVectorCache:
+    """The embeddings of recent queries, per tenant: a repeated search skips embedding.
+
+    The key is (tenant, exact query text), so one tenant's queries never answer
+    another's, not even through timing. Used from the event loop only (no lock).
+    """
+
+    def __init__(self, entries: int):
+        self._entries = entries
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+    async def get(self, tenant: str, query: str, embedder: BatchingEmbedder) -> np.ndarray:
+        key = (tenant, query)
+        vector = self._vectors.get(key)
+        if vector is not None:
+            self._vectors.move_to_end(key)
+            return vector
+        vector = await embedder.embed_one(query)
+        if self._entries:
+            vector.flags.writeable = False  # shared by later searches
+            self._vectors[key] = vector
+            if len(self._vectors) > self._entries:
+                self._vectors.popitem(last=False)
+        return vector
+
+
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, settings: RetrievalSettings):
         self._settings = settings
         self._components: Components | None = None
+        self._query_vectors = QueryVectorCache(settings.query_cache_entries)
 
     def attach(self, components: Components) -> None:
         self._components = components
@@ -184,14 +212,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                                   "rank-based; set mode", field="score_threshold")
         flt = filters.to_qdrant(request.filter, settings.max_filter_conditions)
 
+        tenant = tenant_var.get()
         dense = sparse = None
         if mode in ("dense", "hybrid"):
-            dense = await self._query_embedder.embed_one(query) if vector is None else vector
+            dense = await self._query_vectors.get(tenant, query, self._query_embedder) if vector is None else vector
         if mode in ("sparse", "hybrid"):
             sparse = self._sparse.query(query)
         # Grouped hits fetch more chunks, so that top_k distinct documents remain.
         limit = top_k * settings.group_overfetch if request.group_by_document else top_k
-        hits = await asyncio.to_thread(self._store.search, tenant_var.get(), collection, dense=_array(dense),
+        hits = await asyncio.to_thread(self._store.search, tenant, collection, dense=_array(dense),
                                        sparse=sparse, limit=limit, flt=flt, score_threshold=threshold)
         if request.group_by_document:
             hits = _best_per_document(hits)

@@ -62,8 +62,10 @@ class Store:
         self.model_name = model_name
         self.dimension = dimension
         self.local = not settings.qdrant_url
+        # Embedded mode with the checked qdrant-client: searches run local_speedups' direct path.
+        self._fast_local = False
         if self.local:
-            local_speedups.install()
+            self._fast_local = local_speedups.install()
             Path(settings.qdrant_path).mkdir(parents=True, exist_ok=True)
             self._client = QdrantClient(path=settings.qdrant_path)
             self._lock: contextlib.AbstractContextManager = threading.Lock()
@@ -256,28 +258,47 @@ class Store:
                limit: int, flt: models.Filter | None, score_threshold: float | None) -> list[Hit]:
         """Dense, sparse, or (both given) hybrid search fused with weighted RRF."""
         settings = self._settings
-        dense_query = dense.tolist() if dense is not None else None
         sparse_query = models.SparseVector(indices=sparse[0], values=sparse[1]) if sparse and sparse[0] else None
+        # (vector name, query, fusion weight) of each ranking; a query without terms has no sparse ranking.
+        sources = []
+        if dense is not None:
+            sources.append((DENSE, dense, settings.rrf_dense_weight))
+        if sparse_query is not None:
+            sources.append((SPARSE, sparse_query, settings.rrf_sparse_weight))
+        if not sources:
+            return []
+        hybrid = dense is not None and sparse is not None
+        candidates = max(limit, settings.hybrid_candidates)
         with self._guard():
             qname = self._owned(tenant, name)
-            if dense_query is not None and sparse is not None:
-                candidates = max(limit, settings.hybrid_candidates)
-                prefetch = [models.Prefetch(query=dense_query, using=DENSE, limit=candidates, filter=flt)]
-                weights = [settings.rrf_dense_weight]
-                if sparse_query is not None:
-                    prefetch.append(models.Prefetch(query=sparse_query, using=SPARSE, limit=candidates, filter=flt))
-                    weights.append(settings.rrf_sparse_weight)
-                result = self._client.query_points(
-                    qname, prefetch=prefetch, query=models.RrfQuery(rrf=models.Rrf(k=settings.rrf_k, weights=weights)),
-                    limit=limit, with_payload=RESULT_FIELDS)
-            elif dense_query is not None:
-                result = self._client.query_points(qname, query=dense_query, using=DENSE, limit=limit, query_filter=flt,
-                                                   score_threshold=score_threshold, with_payload=RESULT_FIELDS)
-            elif sparse_query is not None:
-                result = self._client.query_points(qname, query=sparse_query, using=SPARSE, limit=limit,
-                                                   query_filter=flt, score_threshold=score_threshold,
-                                                   with_payload=RESULT_FIELDS)
+            if self._fast_local:
+                collection = local_speedups.local_collection_of(self._client, qname)
+                if hybrid:
+                    found = local_speedups.fused(collection, sources, candidates=candidates, limit=limit, flt=flt,
+                                                 rrf_k=settings.rrf_k)
+                else:
+                    found = local_speedups.nearest(collection, *sources[0][:2], limit=limit, flt=flt,
+                                                   score_threshold=score_threshold)
             else:
-                return []
-        return [Hit(p.payload["document_id"], p.payload["chunk_index"], p.payload["text"], p.payload.get("title", ""),
-                    p.score, p.payload.get("metadata") or {}) for p in result.points]
+                found = [(p.payload, p.score) for p in self._query_points(qname, sources, hybrid, candidates, limit,
+                                                                          flt, score_threshold)]
+        return [Hit(payload["document_id"], payload["chunk_index"], payload["text"], payload.get("title", ""), score,
+                    dict(payload.get("metadata") or {})) for payload, score in found]
+
+    def _query_points(self, qname: str, sources: list, hybrid: bool, candidates: int, limit: int,
+                      flt: models.Filter | None, score_threshold: float | None) -> list[models.ScoredPoint]:
+        """The same search through the Query API (a Qdrant server, or another qdrant-client version)."""
+        def vector(query):
+            return query.tolist() if isinstance(query, np.ndarray) else query
+
+        if hybrid:
+            result = self._client.query_points(
+                qname, prefetch=[models.Prefetch(query=vector(query), using=using, limit=candidates, filter=flt)
+                                 for using, query, _ in sources],
+                query=models.RrfQuery(rrf=models.Rrf(k=self._settings.rrf_k, weights=[w for _, _, w in sources])),
+                limit=limit, with_payload=RESULT_FIELDS)
+        else:
+            using, query, _ = sources[0]
+            result = self._client.query_points(qname, query=vector(query), using=using, limit=limit, query_filter=flt,
+                                               score_threshold=score_threshold, with_payload=RESULT_FIELDS)
+        return result.points

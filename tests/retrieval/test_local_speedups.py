@@ -81,3 +81,84 @@ def test_installed_for_the_checked_version():
     assert local_speedups.install()
     assert local_collection.calculate_distance_sparse is local_speedups.calculate_distance_sparse
     assert local_collection.calculate_distance is local_speedups.calculate_distance
+
+
+# The direct query path against qdrant-client's own query_points, on an in-memory collection.
+
+
+def random_collection(rng, points=400, dimension=8):
+    from qdrant_client import QdrantClient, models
+
+    local_speedups.install()
+    client = QdrantClient(":memory:")
+    client.create_collection("c", vectors_config={"dense": models.VectorParams(size=dimension, distance=Distance.DOT)},
+                             sparse_vectors_config={"bm25": models.SparseVectorParams(modifier=models.Modifier.IDF)})
+    dense = rng.standard_normal((points, dimension)).astype(np.float32)
+    dense[::7] = dense[0]  # equal dense scores too
+    # Few terms and integer weights: many equal sparse scores, so tie order is tested.
+    sparse = random_vectors(rng, points, vocabulary=30, longest=5)
+    sparse = [SparseVector(indices=v.indices, values=[float(round(x * 3)) + 1 for x in v.values]) for v in sparse]
+    client.upsert("c", [models.PointStruct(id=i, vector={"dense": dense[i].tolist(), "bm25": sparse[i]},
+                                           payload={"group": str(i % 3), "n": i}) for i in range(points)])
+    client.delete("c", models.PointIdsList(points=list(range(5, points, 50))))
+    return client
+
+
+def as_pairs(points):
+    return [(p.payload["n"], p.score) for p in points]
+
+
+def as_found(found):
+    return [(payload["n"], score) for payload, score in found]
+
+
+@pytest.mark.parametrize("with_filter", [False, True])
+def test_direct_queries_return_what_query_points_returns(with_filter):
+    from qdrant_client import models
+
+    rng = np.random.default_rng(11)
+    client = random_collection(rng)
+    collection = local_speedups.local_collection_of(client, "c")
+    flt = models.Filter(must=[models.FieldCondition(key="group", match=models.MatchValue(value="1"))]) if with_filter else None
+    for _ in range(15):
+        dense = rng.standard_normal(8).astype(np.float32)
+        sparse = random_query(rng, vocabulary=30, terms=3)
+        for using, query in (("dense", dense), ("bm25", sparse)):
+            for limit, threshold in ((10, None), (500, None), (50, 0.5)):
+                expected = client.query_points("c", query=query.tolist() if using == "dense" else query, using=using,
+                                               limit=limit, query_filter=flt, score_threshold=threshold,
+                                               with_payload=True).points
+                actual = local_speedups.nearest(collection, using, query, limit=limit, flt=flt,
+                                                score_threshold=threshold)
+                assert as_found(actual) == as_pairs(expected) and expected
+        for weights in ((1.0, 1.0), (1.0, 2.5)):
+            for candidates, limit in ((20, 10), (100, 100)):
+                expected = client.query_points(
+                    "c", prefetch=[models.Prefetch(query=dense.tolist(), using="dense", limit=candidates, filter=flt),
+                                   models.Prefetch(query=sparse, using="bm25", limit=candidates, filter=flt)],
+                    query=models.RrfQuery(rrf=models.Rrf(k=10, weights=list(weights))), limit=limit,
+                    with_payload=True).points
+                actual = local_speedups.fused(collection, [("dense", dense, weights[0]), ("bm25", sparse, weights[1])],
+                                              candidates=candidates, limit=limit, flt=flt, rrf_k=10)
+                assert as_found(actual) == as_pairs(expected) and expected
+
+
+def test_fusion_of_a_single_ranking_and_an_unknown_term():
+    from qdrant_client import models
+
+    rng = np.random.default_rng(12)
+    client = random_collection(rng)
+    collection = local_speedups.local_collection_of(client, "c")
+    dense = rng.standard_normal(8).astype(np.float32)
+    expected = client.query_points("c", prefetch=[models.Prefetch(query=dense.tolist(), using="dense", limit=30)],
+                                   query=models.RrfQuery(rrf=models.Rrf(k=10, weights=[1.0])), limit=10).points
+    assert as_found(local_speedups.fused(collection, [("dense", dense, 1.0)], candidates=30, limit=10, flt=None,
+                                         rrf_k=10)) == as_pairs(expected)
+    unknown = SparseVector(indices=[10_000], values=[1.0])
+    assert local_speedups.nearest(collection, "bm25", unknown, limit=10, flt=None, score_threshold=None) == []
+
+
+def test_direct_queries_need_an_embedded_client():
+    client = type("Remote", (), {"_client": object()})()
+    with pytest.raises(TypeError):
+        local_speedups.local_collection_of(client, "c")

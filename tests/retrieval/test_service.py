@@ -194,6 +194,31 @@ def test_metrics_count_ingest_and_searches(retrieval, kb):
     assert 'llmsuite_retrieval_embed_batch_size_count{source="ingest"}' in text
 
 
+def query_embeddings(retrieval) -> float:
+    """Forward passes run for search queries so far, from the service's metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{retrieval.metrics_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('llmsuite_retrieval_embed_batch_size_count{source="query"}'):
+                return float(line.split()[-1])
+    raise AssertionError("no query embedding metric")
+
+
+def test_a_repeated_query_reuses_its_embedding_within_its_tenant_only(retrieval, kb):
+    stub, query = retrieval.stub, "which animals purr when they are content"
+    before = query_embeddings(retrieval)
+    first = search(stub, kb, query, mode=pb.SEARCH_MODE_DENSE)
+    assert query_embeddings(retrieval) == before + 1
+    again = search(stub, kb, query, mode=pb.SEARCH_MODE_HYBRID)
+    assert query_embeddings(retrieval) == before + 1
+    assert first[0].document_id == again[0].document_id == "cats"
+    assert [(h.document_id, h.score) for h in search(stub, kb, query, mode=pb.SEARCH_MODE_DENSE)] == \
+        [(h.document_id, h.score) for h in first]
+    # The same text from another tenant is embedded afresh.
+    upsert(stub, "cache-kb", DOCS[:1], tenant=GLOBEX)
+    search(stub, "cache-kb", query, tenant=GLOBEX, mode=pb.SEARCH_MODE_DENSE)
+    assert query_embeddings(retrieval) == before + 2
+
+
 # Bad input: a clear status, nothing written, and the service keeps serving.
 
 @pytest.mark.parametrize("docs, fragment, field", [
