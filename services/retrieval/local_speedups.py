@@ -33,7 +33,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -200,6 +200,18 @@ def fused(collection: LocalCollection, sources: list[tuple[str, np.ndarray | Spa
     ranked = _rrf([_ranked(collection, using, query, candidates, flt, None) for using, query, _ in sources],
                   [weight for _, _, weight in sources], rrf_k, limit)
     return [(collection.payload[point], score) for point, score in ranked]
+
+
+def points_where(collection: LocalCollection, keep: Callable[[dict], bool]) -> list:
+    """Ids of the live points whose payload satisfies `keep`, in storage order.
+
+    What `scroll` with a payload filter returns, without its per-point filter
+    interpreter: finding a batch's stale chunks by a MatchAny over 64 document ids
+    took about 1 s per batch at 10,000 chunks, CPU taken from the embedding model.
+    """
+    deleted = collection.deleted
+    return [collection.ids_inv[index] for index, payload in enumerate(collection.payload)
+            if not deleted[index] and keep(payload)]
 
 
 def install() -> bool:

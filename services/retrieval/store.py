@@ -214,7 +214,8 @@ class Store:
                 for begin in range(0, len(points), step):
                     self._client.upsert(qname, points[begin:begin + step], wait=True)
                     written += len(points[begin:begin + step])
-                stale = self._stale_chunks(qname, batch.chunk_counts)
+                # A document's chunks from its new chunk count on are left from a longer version.
+                stale = self._chunks_from(qname, batch.chunk_counts)
                 if stale:
                     self._client.delete(qname, models.PointIdsList(points=stale), wait=True)
             except ServiceError:
@@ -238,17 +239,20 @@ class Store:
             if offset is None:
                 return records
 
-    def _stale_chunks(self, qname: str, counts: dict[str, int]) -> list:
-        flt = models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchAny(any=list(counts)))])
+    def _chunks_from(self, qname: str, first: dict[str, int]) -> list:
+        """Ids of the stored chunks of each document in `first` from chunk index first[document] on."""
+        if self._fast_local:
+            collection = local_speedups.local_collection_of(self._client, qname)
+            return local_speedups.points_where(
+                collection, lambda p: p.get("document_id") in first and p["chunk_index"] >= first[p["document_id"]])
+        flt = models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchAny(any=list(first)))])
         return [record.id for record in self._scroll_ids(qname, flt, ["document_id", "chunk_index"])
-                if record.payload["chunk_index"] >= counts.get(record.payload["document_id"], 0)]
+                if record.payload["chunk_index"] >= first.get(record.payload["document_id"], 0)]
 
     def delete_documents(self, tenant: str, name: str, document_ids: Sequence[str]) -> int:
         with self._guard():
             qname = self._owned(tenant, name)
-            flt = models.Filter(must=[models.FieldCondition(key="document_id",
-                                                            match=models.MatchAny(any=list(document_ids)))])
-            found = [record.id for record in self._scroll_ids(qname, flt, ["document_id"])]
+            found = self._chunks_from(qname, dict.fromkeys(document_ids, 0))
             if found:
                 self._client.delete(qname, models.PointIdsList(points=found), wait=True)
         metrics.CHUNKS_DELETED.labels("delete").inc(len(found))

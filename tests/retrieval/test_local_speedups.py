@@ -162,3 +162,14 @@ def test_direct_queries_need_an_embedded_client():
     client = type("Remote", (), {"_client": object()})()
     with pytest.raises(TypeError):
         local_speedups.local_collection_of(client, "c")
+
+
+def test_points_where_finds_what_a_filtered_scroll_finds():
+    from qdrant_client import models
+
+    client = random_collection(np.random.default_rng(13))
+    collection = local_speedups.local_collection_of(client, "c")
+    flt = models.Filter(must=[models.FieldCondition(key="group", match=models.MatchAny(any=["0", "2"]))])
+    records, _ = client.scroll("c", scroll_filter=flt, limit=1000)
+    found = local_speedups.points_where(collection, lambda payload: payload["group"] in ("0", "2"))
+    assert found == [record.id for record in records] and 5 not in found  # point 5 is deleted
