@@ -38,6 +38,12 @@ _PROBES = [
     "Mitochondria are the membrane-bound organelles that generate most of the chemical energy of the cell. " * 4,
 ]
 _OPSET = 17
+# Part of the cache file name: bump it when the export recipe changes, so that
+# caches built by older code are not taken for the new graph.
+_RECIPE = 2
+# all-MiniLM-L6-v2's attention shape, for ONNX Runtime's fusion of the attention block.
+_HEADS = 12
+_HIDDEN = 384
 
 
 class ModelBuildError(Exception):
@@ -75,7 +81,8 @@ def onnx_path(source_dir: Path, weights_sha256: str, precision: str) -> Path:
         raise ModelBuildError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"all-minilm-l6-v2-{weights_sha256[:12]}-ort{onnxruntime.__version__}-{precision}.onnx"
+    path = directory / (f"all-minilm-l6-v2-{weights_sha256[:12]}-ort{onnxruntime.__version__}-r{_RECIPE}-"
+                         f"{precision}.onnx")
     stamp = path.with_name(path.name + ".sha256")
     if path.exists() and stamp.exists():
         if sha256_file(path) == stamp.read_text().strip():
@@ -93,6 +100,7 @@ def _build(source_dir: Path, path: Path, precision: str) -> None:
     Two processes building at once each write their own temporary file; both
     results are valid, so whichever rename lands last is fine.
     """
+    import onnx
     import torch
     import transformers
     from tokenizers import Tokenizer
@@ -101,7 +109,10 @@ def _build(source_dir: Path, path: Path, precision: str) -> None:
     # Loading is offline and quick; a progress bar on stderr only clutters logs.
     transformers.utils.logging.disable_progress_bar()
     log.info("building the ONNX embedding model", extra={"path": str(path), "precision": precision})
-    model = AutoModel.from_pretrained(str(source_dir), local_files_only=True).eval()
+    # Eager attention exports as plain MatMul/Softmax, which ONNX Runtime's BERT
+    # optimizer fuses into one Attention kernel (about 30% more tokens/s at 256
+    # tokens here); the SDPA export is left unfused.
+    model = AutoModel.from_pretrained(str(source_dir), local_files_only=True, attn_implementation="eager").eval()
     tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=256)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
@@ -139,12 +150,20 @@ def _build(source_dir: Path, path: Path, precision: str) -> None:
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                             "attention_mask": {0: "batch", 1: "tokens"},
                                             "embedding": {0: "batch"}})
-        built = fp32
+        from onnxruntime.transformers import optimizer
+
+        built = Path(tmp) / "fused.onnx"
+        fused = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=_HEADS, hidden_size=_HIDDEN)
+        fused.save_model_to_file(str(built))
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            built = Path(tmp) / "int8.onnx"
-            quantize_dynamic(str(fp32), str(built), weight_type=QuantType.QInt8, per_channel=True)
+            quantized = Path(tmp) / "int8.onnx"
+            # Fused operators come from ONNX Runtime's own domain, where the
+            # quantiser's shape inference cannot see types; their tensors are float.
+            quantize_dynamic(str(built), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            built = quantized
         actual = _run(built, ids.numpy(), mask.numpy())
         cosine = float((actual * expected).sum(axis=1).min())
         if cosine < _MIN_COSINE[precision]:
