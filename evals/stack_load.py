@@ -168,13 +168,17 @@ def main() -> int:
         os.environ["LLMSUITE_CONFIG"] = str(tmp / "bench.yaml")
         stack = Stack(ports=Ports.free(), var_dir=tmp / "var")
         print("starting the stack ...", file=sys.stderr)
-        with stack.start(report=lambda line: print(f"  {line}", file=sys.stderr)):
+        # start() stops what it started if a component fails; stop() covers the rest.
+        stack.start(report=lambda line: print(f"  {line}", file=sys.stderr))
+        try:
             load_before = os.getloadavg()
             print(f"{args.clients} clients, {args.warmup_seconds:g} s warm-up, {args.seconds:g} s measured",
                   file=sys.stderr)
             rows, elapsed = asyncio.run(drive(stack.ports.envoy, stack.api_key, args.clients,
                                               args.warmup_seconds, args.seconds))
             load_after = os.getloadavg()
+        finally:
+            stack.stop()
     result = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "load_average_before": [round(x, 2) for x in load_before],
