@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
+from evals.stats import percentile  # noqa: E402
 from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
@@ -63,10 +64,6 @@ TARGETS = {
 # itself (cascade) and the router's path, which sends the embedding it computed.
 SPEED_MODES = ("cascade", "caller-embedding")
 MODES = ("cascade", "always-embed", "caller-embedding")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def _prf(labels: list[int], flags: list[bool]) -> dict:
@@ -169,7 +166,7 @@ def latency_prompts(directory: Path, count: int = 200) -> list[str]:
 
 def _summary(samples_s: list[float], embedded: int | None = None) -> dict:
     ms = [s * 1000 for s in samples_s]
-    summary = {"n": len(ms), "p50_ms": round(_percentile(ms, 50), 2), "p99_ms": round(_percentile(ms, 99), 2),
+    summary = {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
                "mean_ms": round(statistics.fmean(ms), 2)}
     if embedded is not None:
         summary["embedded_fraction"] = round(embedded / len(ms), 3)

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from evals.stats import percentile  # noqa: E402
 from services.cli.retrieval import batches, read_documents  # noqa: E402
 from tests.harness import free_port, start_service  # noqa: E402
 
@@ -82,10 +83,6 @@ def ndcg_at(ranked: list[str], relevant: dict[str, int], k: int = 10) -> float:
 def recall_at(ranked: list[str], relevant: dict[str, int], k: int = 100) -> float:
     wanted = {doc for doc, gain in relevant.items() if gain > 0}
     return len(wanted & set(ranked[:k])) / len(wanted) if wanted else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 # The service over gRPC

@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from llmsuite.inference.v1 import inference_pb2 as pb, inference_pb2_grpc  # noqa: E402
 
+from evals.stats import percentile  # noqa: E402
 from services.router.config import RouterSettings  # noqa: E402
 from services.router.similarity import same_question  # noqa: E402
 from tests.harness import ServiceProcess, free_port, service_env, start_service  # noqa: E402
@@ -168,8 +168,8 @@ def run_all_full(stub, workload: list[dict]) -> list[float | None]:
         return list(pool.map(one, workload))
 
 
-def percentile(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 3) if values else 0.0
+def _ms(values: list[float], q: float) -> float:
+    return round(percentile(values, q), 3)
 
 
 def summarise(results: list[dict], baseline: list[float | None], tuning: dict, workload_path: Path) -> dict:
@@ -219,8 +219,8 @@ def summarise(results: list[dict], baseline: list[float | None], tuning: dict, w
             "negatives": len(negatives),
         },
         "overhead_ms": {
-            "generated": {"p50": percentile(generated, 50), "p99": percentile(generated, 99), "n": len(generated)},
-            "cache_hits": {"p50": percentile(cached, 50), "p99": percentile(cached, 99), "n": len(cached)},
+            "generated": {"p50": _ms(generated, 50), "p99": _ms(generated, 99), "n": len(generated)},
+            "cache_hits": {"p50": _ms(cached, 50), "p99": _ms(cached, 99), "n": len(cached)},
         },
         "requests": results,
         "notes": "Stand-in models (deterministic placeholder text) answer; costs use the configured price table and "

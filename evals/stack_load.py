@@ -41,6 +41,7 @@ import grpc  # noqa: E402
 import yaml  # noqa: E402
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
 
+from evals.stats import percentile  # noqa: E402
 from services.stack.stack import Ports, Stack  # noqa: E402
 
 TARGET_PER_MINUTE = 10_000
@@ -99,11 +100,6 @@ async def client(stub, key: str, workload: Workload, until: float, record: list,
             outcome, tier = err.code().name, err.details() or ""
         if recording[0]:
             record.append((kind, outcome, tier, (time.perf_counter() - started) * 1000))
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))] if ordered else 0.0
 
 
 def summarise(rows: list, seconds: float) -> dict:
