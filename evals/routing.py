@@ -270,7 +270,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
-    print(f"wrote {args.output.relative_to(REPO)}")
+    print(f"wrote {args.output}")
     return 0
 
 
