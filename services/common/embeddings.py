@@ -60,7 +60,6 @@ class Embedder:
             if actual != MODEL_SHA256:
                 raise EmbedderError(f"{weights}: sha256 {actual} does not match the pinned {MODEL_SHA256}")
         self.max_tokens = max_tokens
-        self.quantized = quantize
         # Counting needs the whole text; the model's inputs are truncated.
         self._counter = Tokenizer.from_file(str(path / "tokenizer.json"))
         # tokenizer.json itself carries a 128-token truncation setting.

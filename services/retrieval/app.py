@@ -61,7 +61,9 @@ def create(settings: RetrievalSettings, embedder: TextEmbedder | None = None) ->
     async def warm_up() -> None:
         if embedder is None:
             model = await asyncio.to_thread(Embedder)
-            documents = await asyncio.to_thread(Embedder, quantize=True) if settings.quantize_ingest else model
+            # The query embedder has just verified the same weights file.
+            documents = (await asyncio.to_thread(Embedder, quantize=True, verify=False)
+                         if settings.quantize_ingest else model)
         else:
             model = documents = embedder
         built = await asyncio.to_thread(build_components, settings, model, documents)
