@@ -136,8 +136,7 @@ def bare_model(corpus_path: Path, every: int) -> dict:
 
     settings = RetrievalSettings()
     embedder = Embedder(quantize=True)
-    chunker = DocumentChunker(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
-                              overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
+    chunker = DocumentChunker.for_embedder(embedder, settings)
     documents = read_documents(corpus_path)[::every]
     chunks = sorted((chunk for doc in documents for chunk in chunker.split(doc)), key=lambda chunk: chunk.tokens)
     embedder.embed([chunks[-1].embed_input])  # first-pass initialisation, as the service's warm-up does
@@ -279,8 +278,7 @@ def tune(args: argparse.Namespace) -> int:
     query_ids = list(qrels)
     settings = RetrievalSettings()
     embedder = Embedder(quantize=True)  # documents, as the service ingests them
-    chunker = DocumentChunker(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
-                              overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
+    chunker = DocumentChunker.for_embedder(embedder, settings)
     docs = read_documents(data / "corpus.jsonl")
     chunks, owner = [], []
     for doc in docs:

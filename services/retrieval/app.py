@@ -41,8 +41,7 @@ def build_components(settings: RetrievalSettings, embedder: TextEmbedder,
     store = open_store(settings, embedder)
     store.check()
     sparse = SparseEncoder(k1=settings.bm25_k1, b=settings.bm25_b, avg_len=settings.bm25_avg_len)
-    chunker = DocumentChunker(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
-                              overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
+    chunker = DocumentChunker.for_embedder(embedder, settings)
     ingestor = Ingestor(chunker, ObservedEmbedder(document_embedder or embedder, "ingest"), sparse,
                         batch_size=settings.ingest_batch_size, max_chunks=settings.max_chunks_per_request)
     batching = dict(max_batch=settings.embed_max_batch, max_wait_ms=settings.embed_max_wait_ms)

@@ -55,6 +55,12 @@ class DocumentChunker:
         self._max_title = min(max_title_tokens, self._budget // 2)
         self._overlap = overlap
 
+    @classmethod
+    def for_embedder(cls, embedder: TextEmbedder, settings) -> "DocumentChunker":
+        """The chunker the service uses: the embedder's tokenizer and window, the settings' sizes."""
+        return cls(embedder.tokenizer, window=embedder.max_tokens, chunk_tokens=settings.chunk_tokens,
+                   overlap=settings.chunk_overlap, max_title_tokens=settings.max_title_tokens)
+
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
