@@ -43,13 +43,16 @@ class Embedder:
     quantize=False runs the exact fp32 graph: the same vector for a text whatever
     else shares its batch, which semantic caching and guardrails rely on.
     quantize=True runs int8 weights (per channel): for bulk document ingest.
+    adapter: low-rank updates (.npz, services/guardrails/finetune.py) merged into
+    the weights, for a model tuned to one task; its vectors are not comparable
+    with the plain model's.
     """
 
     MODEL_NAME = MODEL_NAME
     DIMENSION = DIMENSION
 
     def __init__(self, *, quantize: bool = False, max_tokens: int = 256, threads: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, adapter: Path | None = None):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -78,10 +81,11 @@ class Embedder:
         # services (and the peer thread they wait for) need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         precision = "int8" if quantize else "fp32"
-        model_file = onnx_path(path, MODEL_SHA256, precision)
+        model_file = onnx_path(path, MODEL_SHA256, precision, adapter)
         self._session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self._lock = threading.Lock()
-        log.info("embedder loaded", extra={"model": MODEL_NAME, "precision": precision})
+        log.info("embedder loaded", extra={"model": MODEL_NAME, "precision": precision,
+                                           "adapter": str(adapter) if adapter else None})
 
     def count_tokens(self, text: str) -> int:
         """Word-piece tokens of text without special tokens and without truncation."""
@@ -168,10 +172,15 @@ class BatchingEmbedder:
 
 
 if __name__ == "__main__":
-    # `python -m services.common.embeddings`: build and verify both cached ONNX
-    # models ahead of time (make setup, image builds), so no service pays for it at start.
+    # `python -m services.common.embeddings [ADAPTER.npz ...]`: build and verify the
+    # cached ONNX models ahead of time (make setup, image builds), so no service pays
+    # for it at start: both precisions of the plain model, int8 of each adapter.
+    import sys
+
     from services.common.onnx_model import cache_dir
 
     for quantize in (False, True):
         Embedder(quantize=quantize)
+    for adapter in sys.argv[1:]:
+        Embedder(quantize=True, adapter=Path(adapter))
     print(f"embedding models ready in {cache_dir()}")

@@ -44,6 +44,11 @@ _RECIPE = 2
 # all-MiniLM-L6-v2's attention shape, for ONNX Runtime's fusion of the attention block.
 _HEADS = 12
 _HIDDEN = 384
+# Low-rank adapters (services/guardrails/finetune.py) update these linear layers
+# of every transformer block: W += scale * B @ A, merged before export.
+ADAPTER_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
+                   "attention.output.dense", "intermediate.dense", "output.dense")
+ADAPTER_SCALE_KEY = "scale"
 
 
 class ModelBuildError(Exception):
@@ -73,28 +78,50 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def onnx_path(source_dir: Path, weights_sha256: str, precision: str) -> Path:
-    """The cached ONNX file for `precision`, built from `source_dir` when missing."""
+def onnx_path(source_dir: Path, weights_sha256: str, precision: str, adapter: Path | None = None) -> Path:
+    """The cached ONNX file for `precision`, built from `source_dir` (plus `adapter`,
+    merged into the weights) when missing."""
     import onnxruntime
 
     if precision not in PRECISIONS:
         raise ModelBuildError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / (f"all-minilm-l6-v2-{weights_sha256[:12]}-ort{onnxruntime.__version__}-r{_RECIPE}-"
+    tuned = f"-lora{sha256_file(adapter)[:12]}" if adapter is not None else ""
+    path = directory / (f"all-minilm-l6-v2-{weights_sha256[:12]}{tuned}-ort{onnxruntime.__version__}-r{_RECIPE}-"
                          f"{precision}.onnx")
     stamp = path.with_name(path.name + ".sha256")
     if path.exists() and stamp.exists():
         if sha256_file(path) == stamp.read_text().strip():
             return path
         log.warning("cached embedding model %s does not match its recorded sha256; rebuilding", path)
-    _build(source_dir, path, precision)
+    _build(source_dir, path, precision, adapter)
     # Written after the model, so a crash mid-build never leaves a file that verifies.
     _atomic_write_text(stamp, sha256_file(path) + "\n")
     return path
 
 
-def _build(source_dir: Path, path: Path, precision: str) -> None:
+def merge_adapter(model, adapter: Path) -> None:
+    """Adds an adapter's low-rank updates to the matching linear layers of `model` in place."""
+    import torch
+
+    with np.load(adapter) as arrays:
+        scale = float(arrays[ADAPTER_SCALE_KEY])
+        names = {key[:-2] for key in arrays.files if key.endswith(".A")}
+        layers = dict(model.named_modules())
+        missing = sorted(name for name in names if name not in layers)
+        if not names or missing:
+            raise ModelBuildError(f"{adapter}: adapter does not fit the model (layers not found: {missing[:3]})")
+        with torch.no_grad():
+            for name in names:
+                update = torch.from_numpy(arrays[f"{name}.B"] @ arrays[f"{name}.A"]) * scale
+                if update.shape != layers[name].weight.shape:
+                    raise ModelBuildError(f"{adapter}: {name} has shape {tuple(update.shape)}, expected "
+                                          f"{tuple(layers[name].weight.shape)}")
+                layers[name].weight += update
+
+
+def _build(source_dir: Path, path: Path, precision: str, adapter: Path | None = None) -> None:
     """Exports (and quantises) into a temporary file, checks it, then renames it into place.
 
     Two processes building at once each write their own temporary file; both
@@ -113,6 +140,8 @@ def _build(source_dir: Path, path: Path, precision: str) -> None:
     # optimizer fuses into one Attention kernel (about 30% more tokens/s at 256
     # tokens here); the SDPA export is left unfused.
     model = AutoModel.from_pretrained(str(source_dir), local_files_only=True, attn_implementation="eager").eval()
+    if adapter is not None:
+        merge_adapter(model, adapter)
     tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=256)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")

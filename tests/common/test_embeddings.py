@@ -58,3 +58,34 @@ def test_a_corrupted_cached_model_is_rebuilt_not_used(tmp_path, monkeypatch):
         handle.write(b"\0" * 64)
     again = onnx_path(model_dir(), MODEL_SHA256, "fp32")
     assert again == built and sha256_file(again) == good
+
+
+def _adapter(path, layer: str, rows: int, columns: int):
+    rng = np.random.default_rng(0)
+    arrays = {"scale": np.asarray(2.0, dtype=np.float32),
+              f"{layer}.A": rng.normal(size=(8, columns)).astype(np.float32),
+              f"{layer}.B": rng.normal(size=(rows, 8)).astype(np.float32)}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_an_adapter_is_merged_into_its_layers_and_a_mismatched_one_is_refused(tmp_path):
+    from transformers import AutoModel
+
+    from services.common.embeddings import model_dir
+    from services.common.onnx_model import ModelBuildError, merge_adapter
+
+    model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True)
+    layer = "encoder.layer.0.attention.self.query"
+    before = model.get_submodule(layer).weight.detach().numpy().copy()
+    arrays = _adapter(tmp_path / "good.npz", layer, 384, 384)
+    merge_adapter(model, tmp_path / "good.npz")
+    after = model.get_submodule(layer).weight.detach().numpy()
+    assert np.allclose(after - before, 2.0 * arrays[f"{layer}.B"] @ arrays[f"{layer}.A"], atol=1e-4)
+
+    _adapter(tmp_path / "missing.npz", "encoder.layer.9.attention.self.query", 384, 384)
+    with pytest.raises(ModelBuildError, match="layers not found"):
+        merge_adapter(model, tmp_path / "missing.npz")
+    _adapter(tmp_path / "shape.npz", layer, 100, 384)
+    with pytest.raises(ModelBuildError, match="has shape"):
+        merge_adapter(model, tmp_path / "shape.npz")
