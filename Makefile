@@ -8,6 +8,8 @@ PROTOS   := $(shell find protos -name '*.proto')
 DEPS     := $(VENV)/.deps-installed
 STUBS    := gen/.stamp
 MODELS   := build/.embedding-models
+# Guardrails' fine-tuned encoder: low-rank adapters merged into all-MiniLM-L6-v2.
+ADAPTER  := services/guardrails/data/injection_adapter.npz
 SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
@@ -16,11 +18,11 @@ PYTEST_ARGS ?=
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
-# The embedder's ONNX files (fp32 and int8), exported once from the pinned weights
-# into the user's cache (LLMSUITE_MODEL_CACHE, default ~/.cache/llmsuite/models).
+# The embedder's ONNX files (fp32, int8, and int8 with guardrails' adapter), exported once
+# from the pinned weights into the user's cache (LLMSUITE_MODEL_CACHE, default ~/.cache/llmsuite/models).
 # Services build them on first use too; this only keeps that off their start.
-$(MODELS): $(DEPS) services/common/onnx_model.py
-	$(PY) -m services.common.embeddings
+$(MODELS): $(DEPS) services/common/onnx_model.py $(ADAPTER)
+	$(PY) -m services.common.embeddings $(ADAPTER)
 	@mkdir -p build && touch $@
 
 # Debian packages the tests and `make run` start for real.

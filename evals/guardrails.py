@@ -12,10 +12,9 @@ Speed, for 500-character prompts built from the benign rows of injection_train.j
   5. CheckInput latency p50/p99, in-process (Guard.check_input) and over real gRPC
      to `python -m services.guardrails` started on a free port, one caller;
   6. throughput over real gRPC with concurrent callers (client on the same machine).
-  Each in three modes: `cascade` (the default: the embedding is computed only when
-  the cheap and lexical stages are not decisive), `always-embed` (the gate off:
-  every prompt is embedded, the strictest reading of "every signal on"), and
-  `caller-embedding` (the caller sends the embedding, as the router does).
+  Each in two modes: `cascade` (the default: the fine-tuned encoder runs only when
+  the cheap and lexical stages are not decisive) and `always-embed` (the gate off:
+  every prompt is embedded, the strictest reading of "every signal on").
 Writes reports/guardrails.json and prints a table.
 Data: $LLMSUITE_DATA_DIR/guardrails, else ../shared/data/guardrails next to the repo.
 """
@@ -24,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -35,12 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
 from evals.stats import percentile  # noqa: E402
-from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
+from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
 from services.guardrails.injection import cheap_signals  # noqa: E402
@@ -60,10 +59,9 @@ TARGETS = {
     "latency_p99_ms": ("<=", 30.0),
     "throughput_per_s": (">=", 150.0),
 }
-# Speed targets are checked for two gRPC modes: the service computing embeddings
-# itself (cascade) and the router's path, which sends the embedding it computed.
-SPEED_MODES = ("cascade", "caller-embedding")
-MODES = ("cascade", "always-embed", "caller-embedding")
+# Speed targets are checked for the service as it runs by default.
+SPEED_MODES = ("cascade",)
+MODES = ("cascade", "always-embed")
 
 
 def _prf(labels: list[int], flags: list[bool]) -> dict:
@@ -173,28 +171,23 @@ def _summary(samples_s: list[float], embedded: int | None = None) -> dict:
     return summary
 
 
-async def in_process_latency(guard, policy, prompts: list[str], embeddings: np.ndarray | None) -> dict:
+async def in_process_latency(guard, policy, prompts: list[str]) -> dict:
     for prompt in prompts[:10]:
         await guard.check_input(prompt, policy, TENANT)
     samples, embedded = [], 0
-    for i, prompt in enumerate(prompts):
-        vector = embeddings[i] if embeddings is not None else None
+    for prompt in prompts:
         started = time.perf_counter()
-        outcome = await guard.check_input(prompt, policy, TENANT, vector)
+        outcome = await guard.check_input(prompt, policy, TENANT)
         samples.append(time.perf_counter() - started)
         embedded += outcome.stage == "semantic"
     return _summary(samples, embedded)
 
 
-async def grpc_speed(port: int, prompts: list[str], embeddings: np.ndarray | None, concurrency: int,
-                     rounds: int) -> dict:
+async def grpc_speed(port: int, prompts: list[str], concurrency: int, rounds: int) -> dict:
     metadata = (("x-llmsuite-tenant", TENANT),)
 
     def request(i: int) -> pb.CheckInputRequest:
-        message = pb.CheckInputRequest(text=prompts[i % len(prompts)])
-        if embeddings is not None:
-            message.embedding.extend(embeddings[i % len(prompts)].tolist())
-        return message
+        return pb.CheckInputRequest(text=prompts[i % len(prompts)])
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = guardrails_pb2_grpc.GuardrailsServiceStub(channel)
@@ -226,18 +219,20 @@ async def grpc_speed(port: int, prompts: list[str], embeddings: np.ndarray | Non
 
 
 def _gate_off(path: Path) -> None:
-    """A copy of the shipped classifier whose lexical gate never skips the embedding."""
+    """A copy of the shipped classifier (and its adapter) whose lexical gate never skips the embedding."""
     data = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
     data["gate"] = {"benign_below": 0.0, "attack_above": 1.01}
     path.write_text(json.dumps(data), encoding="utf-8")
+    shutil.copy(DEFAULT_ADAPTER_PATH, path.with_name(DEFAULT_ADAPTER_PATH.name))
 
 
 async def evaluate(args: argparse.Namespace) -> dict:
     directory = data_dir()
     settings = GuardrailsSettings(port=0, metrics_port=0, **args.setting)
     policy = settings.policies["default"]
-    batching = load_embedder(settings)
-    guard = build_guard(settings, batching.embed_one)
+    classifier = InjectionClassifier.load()
+    batching = load_embedder(settings, classifier)
+    guard = build_guard(settings, batching.embed_one, classifier)
     report: dict = {"data_dir": str(directory), "machine": {"cpus": os.cpu_count(),
                                                            "load_average_at_start": os.getloadavg()}}
     try:
@@ -249,13 +244,11 @@ async def evaluate(args: argparse.Namespace) -> dict:
         if args.skip_speed:
             return report
         prompts = latency_prompts(directory, args.prompts)
-        embeddings = await batching.embed_many(prompts)
-        always = build_guard(settings, batching.embed_one, InjectionClassifier.load().with_gate(0.0, 1.01))
+        always = build_guard(settings, batching.embed_one, classifier.with_gate(0.0, 1.01))
         print("in-process latency ...", file=sys.stderr)
-        in_process = {"cascade": (guard, None), "always-embed": (always, None),
-                      "caller-embedding": (always, embeddings)}
-        report["latency_in_process"] = {mode: await in_process_latency(checker, policy, prompts, vectors)
-                                        for mode, (checker, vectors) in in_process.items() if mode in args.modes}
+        in_process = {"cascade": guard, "always-embed": always}
+        report["latency_in_process"] = {mode: await in_process_latency(checker, policy, prompts)
+                                        for mode, checker in in_process.items() if mode in args.modes}
     finally:
         await batching.close()
 
@@ -263,16 +256,15 @@ async def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         gate_off = Path(tmp) / "classifier-gate-off.json"
         _gate_off(gate_off)
-        runs = {"cascade": ({}, None), "always-embed": ({"classifier_path": gate_off}, None),
-                "caller-embedding": ({"classifier_path": gate_off}, embeddings)}
-        for mode, (extra, vectors) in runs.items():
+        runs = {"cascade": {}, "always-embed": {"classifier_path": gate_off}}
+        for mode, extra in runs.items():
             if mode not in args.modes:
                 continue
             print(f"gRPC {mode} ...", file=sys.stderr)
             process, port = start_service("guardrails", "guardrails", {**args.setting, **extra}, Path(tmp) / "logs",
                                           name=f"guardrails-{mode}")
             try:
-                report["grpc"][mode] = await grpc_speed(port, prompts, vectors, args.concurrency, args.rounds)
+                report["grpc"][mode] = await grpc_speed(port, prompts, args.concurrency, args.rounds)
             finally:
                 process.stop()
     return report

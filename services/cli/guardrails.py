@@ -67,12 +67,13 @@ def _record(number: int, verdict: str, score: float, findings: list[dict], reaso
 async def _scan_local(args: argparse.Namespace, source: IO[str], sink: IO[str]) -> int:
     from services.common.config import ConfigError, load
     from services.guardrails.config import GuardrailsSettings
-    from services.guardrails.service import build_guard, load_embedder
+    from services.guardrails.service import build_guard, load_classifier, load_embedder
 
     try:
         settings = load(GuardrailsSettings, "guardrails")
-        batching = load_embedder(settings)
-        guard = build_guard(settings, batching.embed_one)
+        classifier = load_classifier(settings)
+        batching = load_embedder(settings, classifier)
+        guard = build_guard(settings, batching.embed_one, classifier)
         policy = guard.resolve_policy(settings.default_tenant, args.policy)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -13,7 +13,6 @@ import traceback
 from dataclasses import dataclass, field
 from enum import Enum
 
-import numpy as np
 
 from services.common.errors import NotFound, PermissionDenied
 from services.guardrails import metrics
@@ -133,17 +132,16 @@ class Guard:
         return Outcome(Verdict.ALLOW, text, reasons=["analysis failed; allowed because the policy fails open"],
                        stage="error")
 
-    async def _analyse_input(self, text: str, policy: Policy,
-                             embedding: np.ndarray | None) -> tuple[list[Finding], InjectionResult]:
+    async def _analyse_input(self, text: str, policy: Policy) -> tuple[list[Finding], InjectionResult]:
         started = time.perf_counter()
         pending = self.detector.prepare(text, policy.learned_signal)
-        if pending.result is not None or embedding is not None or not self.detector.can_embed:
+        if pending.result is not None or not self.detector.can_embed:
             findings = await self._find_items(text, policy)
-            injection = self.detector.finish(pending, embedding)
+            injection = self.detector.finish(pending, None)
         else:
             # The embedding is computed on the embedder's thread; yielding once lets the
             # batching worker hand it over before the PII analysis occupies this thread.
-            embedding_task = asyncio.ensure_future(self.detector.embed(text))
+            embedding_task = asyncio.ensure_future(self.detector.embed(pending.signals.normalised))
             await asyncio.sleep(0)
             try:
                 findings = await self._find_items(text, policy)
@@ -154,10 +152,9 @@ class Guard:
         metrics.STAGE_SECONDS.labels("input").observe(time.perf_counter() - started)
         return findings, injection
 
-    async def check_input(self, text: str, policy: Policy, tenant: str,
-                          embedding: np.ndarray | None = None) -> Outcome:
+    async def check_input(self, text: str, policy: Policy, tenant: str) -> Outcome:
         try:
-            findings, injection = await self._analyse_input(text, policy, embedding)
+            findings, injection = await self._analyse_input(text, policy)
             reasons = list(injection.reasons)
             if injection.score >= policy.injection_threshold:
                 action = Action.BLOCK if policy.injection_action is Action.BLOCK else Action.ALLOW
@@ -171,8 +168,7 @@ class Guard:
             return outcome
 
         metrics.INJECTION_SCORE.observe(injection.score)
-        metrics.EMBEDDINGS.labels("computed" if injection.computed_embedding else
-                                  "caller" if injection.stage == "semantic" else "skipped").inc()
+        metrics.EMBEDDINGS.labels("computed" if injection.computed_embedding else "skipped").inc()
         outcome.injection_score = injection.score
         injection_blocked = any(f.entity == INJECTION_ENTITY and f.action is Action.BLOCK for f in findings)
         if outcome.verdict is Verdict.ALLOW or (outcome.verdict is Verdict.BLOCK and injection_blocked):

@@ -1,26 +1,24 @@
-"""The learned injection signals: two logistic regressions, lexical and semantic.
+"""The learned injection signals: a lexical model and a fine-tuned semantic one.
 
-- lexical: hashed character 3-5-grams of the normalised prompt; costs about a
-  millisecond for a 500-character prompt.
-- semantic: the prompt's all-MiniLM-L6-v2 embedding (fp32, as
-  `Embedder(quantize=False)` computes it); the embedding costs 4-16 ms on a
-  small CPU.
+- lexical: logistic regression on hashed character 3-5-grams of the normalised
+  prompt; costs about a millisecond for a 500-character prompt.
+- semantic: a logistic head on the pooled vector of all-MiniLM-L6-v2 fine-tuned
+  with low-rank adapters (finetune.py; the adapters are merged into the ONNX model
+  that the service's embedder runs, int8). It reads the normalised prompt too.
 
 Neither model sees the pattern families: they run only where the patterns are
 not decisive, and trained on the families as features they learned "no pattern
 hit, so probably benign", which fails on attacks phrased unlike the training
-rows. Grouped cross-validation on the training split, mean of both models at
-their best operating point: cascade F1 0.927 with the families as features,
-0.941 without.
+rows.
 
 The lexical model is a gate: when it is confidently benign or confidently an
 attack, the embedding is not computed and its probability is the learned score;
-otherwise the learned score is the mean of both probabilities. The gate applies
-whether or not the caller sent an embedding, so a verdict never depends on that
-optimisation. Finally the learned score is shifted (in log-odds) so that the
-operating point chosen by cross-validation on the training split lands on 0.5,
-the policies' default threshold. Weights are plain JSON built by
-`python -m services.guardrails.train` from the training split only.
+otherwise the learned score is the mean of both probabilities. Finally the
+learned score is shifted (in log-odds) so that the operating point chosen by
+cross-validation on the training split lands on 0.5, the policies' default
+threshold. Weights are plain JSON (lexical model, head, settings) plus the
+adapters' .npz, built together by `python -m services.guardrails.train` from the
+training split only; the JSON records the adapters' sha256.
 """
 
 import copy
@@ -32,6 +30,8 @@ import numpy as np
 from sklearn.utils import murmurhash3_32
 
 DEFAULT_PATH = Path(__file__).parent / "data" / "injection_classifier.json"
+# The fine-tuned encoder's low-rank adapters, written by train.py with the JSON file.
+DEFAULT_ADAPTER_PATH = DEFAULT_PATH.with_name("injection_adapter.npz")
 # Bound on the n-gram bucket cache (about 100 bytes an entry); cleared when full.
 _MAX_CACHED_NGRAMS = 200_000
 
@@ -76,11 +76,26 @@ class _Buckets(dict):
         return bucket
 
 
+def _verified_adapter(path: Path, metadata: dict) -> Path | None:
+    """The adapter file named in the classifier's metadata, checked against its recorded sha256."""
+    from services.common.onnx_model import sha256_file
+
+    if "adapter" not in metadata:
+        return None
+    adapter = path.with_name(metadata["adapter"])
+    if not adapter.is_file():
+        raise ClassifierError(f"{adapter}: the fine-tuned adapter this classifier was trained with is missing")
+    if sha256_file(adapter) != metadata.get("adapter_sha256"):
+        raise ClassifierError(f"{adapter}: sha256 differs from the one recorded at training; rebuild both files "
+                              "with `python -m services.guardrails.train`")
+    return adapter
+
+
 class InjectionClassifier:
     def __init__(self, *, hashing: HashingSpec, lexical_coef: np.ndarray, lexical_intercept: float,
                  embedding_dim: int, semantic_coef: np.ndarray, semantic_intercept: float,
                  gate_benign_below: float, gate_attack_above: float, operating_point: float = 0.5,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, adapter: Path | None = None):
         if lexical_coef.shape != (hashing.n_features,):
             raise ClassifierError(f"lexical model has {lexical_coef.shape[0]} weights, expected "
                                   f"{hashing.n_features} hashed n-grams")
@@ -99,6 +114,8 @@ class InjectionClassifier:
             raise ClassifierError(f"operating point {operating_point} is not between 0 and 1")
         self.operating_point = operating_point
         self.metadata = metadata or {}
+        # The fine-tuned encoder whose vectors the semantic model reads (None: the plain model).
+        self.adapter = adapter
         self._analyzer = hashing.vectorizer().build_analyzer()
         self._buckets = _Buckets(hashing.n_features)
 
@@ -106,6 +123,7 @@ class InjectionClassifier:
     def load(cls, path: Path | str = DEFAULT_PATH) -> "InjectionClassifier":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+            adapter = _verified_adapter(Path(path), data.get("metadata") or {})
             hashing = HashingSpec(**data["lexical"]["hashing"])
             lexical = np.zeros(hashing.n_features, dtype=np.float32)
             lexical[np.asarray(data["lexical"]["ngram_index"], dtype=np.int64)] = data["lexical"]["ngram_coef"]
@@ -115,7 +133,7 @@ class InjectionClassifier:
                 semantic_coef=np.asarray(data["semantic"]["coef"], dtype=np.float32),
                 semantic_intercept=data["semantic"]["intercept"],
                 gate_benign_below=data["gate"]["benign_below"], gate_attack_above=data["gate"]["attack_above"],
-                operating_point=data["operating_point"], metadata=data.get("metadata"))
+                operating_point=data["operating_point"], metadata=data.get("metadata"), adapter=adapter)
         except FileNotFoundError as err:
             raise ClassifierError(f"{path}: not found; build it with `python -m services.guardrails.train`") from err
         except (KeyError, TypeError, ValueError, IndexError) as err:

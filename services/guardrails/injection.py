@@ -167,7 +167,8 @@ class InjectionDetector:
         return pending
 
     def finish(self, pending: Pending, embedding: np.ndarray | None, computed: bool = False) -> InjectionResult:
-        """The result, using `embedding` when the cheap stages left the prompt undecided."""
+        """The result, using `embedding` (of the normalised text, by the fine-tuned encoder)
+        when the cheap stages left the prompt undecided."""
         if pending.result is not None:
             return pending.result
         if embedding is None:
@@ -175,14 +176,11 @@ class InjectionDetector:
         semantic = self._classifier.semantic(embedding)
         return self._result(pending, (pending.lexical + semantic) / 2, "semantic", computed)
 
-    async def score(self, text: str, embedding: np.ndarray | None = None, *,
-                    learned: bool = True) -> InjectionResult:
-        """Scores text; `embedding` (of text, if the caller has it) saves computing one."""
+    async def score(self, text: str, *, learned: bool = True) -> InjectionResult:
         pending = self.prepare(text, learned)
-        computed = False
-        if pending.result is None and embedding is None and self.can_embed:
-            embedding, computed = await self.embed(text), True
-        return self.finish(pending, embedding, computed)
+        if pending.result is None and self.can_embed:
+            return self.finish(pending, await self.embed(pending.signals.normalised), computed=True)
+        return self.finish(pending, None)
 
     def _result(self, pending: Pending, probability: float, stage: str, computed: bool) -> InjectionResult:
         learned = self._classifier.calibrate(probability)

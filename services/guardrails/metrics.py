@@ -18,8 +18,7 @@ INJECTION_SCORE = Histogram(
 )
 EMBEDDINGS = Counter(
     "llmsuite_guardrails_embeddings_total",
-    "Inputs by where the learned signal's embedding came from: computed, caller (sent in the request), "
-    "or skipped (cheaper signals were decisive).",
+    "Inputs whose fine-tuned embedding was computed, or skipped (cheaper signals were decisive).",
     ["source"],
 )
 ANALYSIS_ERRORS = Counter(

@@ -1,15 +1,12 @@
 """gRPC servicer: validates requests, resolves the tenant's policy, maps outcomes to protos."""
 
 import logging
-import math
 from typing import AsyncIterator
 
-import numpy as np
 from llmsuite.guardrails.v1 import guardrails_pb2 as pb
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc
 
 from services.common.context import request_id_var, tenant_var
-from services.common.embeddings import DIMENSION
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.guardrails.actions import Finding
 from services.guardrails.checker import Guard, Outcome, Verdict
@@ -56,19 +53,6 @@ class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
                                   f"{self._settings.max_text_chars} (setting guardrails.max_text_chars)",
                                   field="text")
 
-    @staticmethod
-    def _embedding(values) -> np.ndarray | None:
-        if not values:
-            return None
-        if len(values) != DIMENSION:
-            raise InvalidArgument(f"embedding has {len(values)} values; send all {DIMENSION} values of the "
-                                  "all-MiniLM-L6-v2 embedding of text, or none", field="embedding")
-        vector = np.asarray(values, dtype=np.float32)
-        norm = float(np.linalg.norm(vector))
-        if not math.isfinite(norm) or norm == 0:
-            raise InvalidArgument("embedding must be finite and not all zeros", field="embedding")
-        return vector / norm
-
     def _canaries(self, canaries) -> tuple[str, ...]:
         if len(canaries) > _MAX_CANARIES or any(len(c) > _MAX_CANARY_CHARS for c in canaries):
             raise InvalidArgument(f"send at most {_MAX_CANARIES} canaries of at most {_MAX_CANARY_CHARS} "
@@ -87,13 +71,12 @@ class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
 
     async def CheckInput(self, request: pb.CheckInputRequest, context) -> pb.CheckInputResponse:
         self._check_text(request.text, allow_empty=False)
-        embedding = self._embedding(request.embedding)
         tenant = tenant_var.get()
         policy = self._guard.resolve_policy(tenant, request.policy)
         if request.reversible and not policy.reversible:
             raise FailedPrecondition("this tenant's guardrails policy does not allow reversible redaction; "
                                      "send reversible=false", reason="REVERSIBLE_NOT_ALLOWED")
-        outcome = await self._guard.check_input(request.text, policy, tenant, embedding)
+        outcome = await self._guard.check_input(request.text, policy, tenant)
         response = pb.CheckInputResponse(
             verdict=_VERDICTS[outcome.verdict], sanitized_text=outcome.text, findings=_findings(outcome.findings),
             injection_score=outcome.injection_score, reasons=outcome.reasons)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
 import grpc
-import numpy as np
 from llmsuite.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 
 from services.common.channels import insecure_channel
@@ -48,11 +47,9 @@ class GuardrailsClient:
         self._cap = settings.guardrails_timeout_s
         self.upstream = Upstream("guardrails", settings)
 
-    async def check_input(self, text: str, *, policy: str, embedding: np.ndarray | None, reversible: bool,
+    async def check_input(self, text: str, *, policy: str, reversible: bool,
                           deadline: Deadline) -> guardrails_pb2.CheckInputResponse:
         request = guardrails_pb2.CheckInputRequest(text=text, policy=policy, reversible=reversible)
-        if embedding is not None:
-            request.embedding.extend(embedding.tolist())
 
         async def run(timeout: float):
             return await self._stub.CheckInput(request, timeout=timeout, metadata=outgoing_metadata())

@@ -13,6 +13,7 @@ Degradation: full model down -> light (degraded); retrieval down -> no context
 every model down -> a cached answer (degraded) or UNAVAILABLE with RetryInfo.
 """
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -169,11 +170,18 @@ class Pipeline:
                                      "retrieval.collection", reason="RETRIEVAL_NOT_CONFIGURED")
         question = inference.turns[-1].content
         wanted = cache_plan(inference.cache_policy, tenant, temperature=inference.sampling.temperature, redacted=False)
-        vector = None
+        # The embedding (retrieval service) and the input check (guardrails, which runs
+        # its own tuned encoder) are independent calls: run them at the same time.
+        embedding = None
         if self._retrieval is not None and (rag or wanted.semantic):
-            vector = await self._embed(question, deadline)
-
-        checked = await self._check_input(inference, tenant, vector, deadline, state)
+            embedding = asyncio.ensure_future(self._embed(question, deadline))
+        try:
+            checked = await self._check_input(inference, tenant, deadline, state)
+        except BaseException:
+            if embedding is not None:
+                embedding.cancel()
+            raise
+        vector = await embedding if embedding is not None else None
         plan = cache_plan(inference.cache_policy, tenant, temperature=inference.sampling.temperature,
                           redacted=checked.redacted)
         history: tuple[Turn, ...] = ()
@@ -328,8 +336,8 @@ class Pipeline:
             deadline.timeout()
             return None
 
-    async def _check_input(self, inference: InferenceRequest, tenant: TenantSettings, vector: np.ndarray | None,
-                           deadline: Deadline, state: _State) -> CheckedInput:
+    async def _check_input(self, inference: InferenceRequest, tenant: TenantSettings, deadline: Deadline,
+                           state: _State) -> CheckedInput:
         if self._guardrails is None:
             return CheckedInput(inference.turns)
         last = len(inference.turns) - 1
@@ -341,7 +349,7 @@ class Pipeline:
                 continue
             try:
                 verdict = await self._guardrails.check_input(
-                    turn.content, policy=tenant.guardrails_policy, embedding=vector if index == last else None,
+                    turn.content, policy=tenant.guardrails_policy,
                     reversible=tenant.reversible_redaction and index == last, deadline=deadline)
             except (Unavailable, ResourceExhausted, DeadlineExceeded) as err:
                 if isinstance(err, DeadlineExceeded):

@@ -1,11 +1,12 @@
 """Bad guardrails settings fail at start with a message naming the problem."""
 
 import base64
+import shutil
 
 import pytest
 
 from services.common.config import ConfigError, load
-from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier
+from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, ClassifierError, InjectionClassifier
 from services.guardrails.config import Action, GuardrailsSettings, Policy
 
 
@@ -54,9 +55,19 @@ def test_a_valid_restore_key_is_accepted():
 def test_shipped_classifier_fits_the_code_and_stays_small():
     classifier = InjectionClassifier.load()
     assert classifier.metadata["trained_on"] == "injection_train.jsonl"
-    # The semantic model was fitted on the vectors the service computes.
-    assert classifier.metadata["embedding_precision"] == "fp32"
-    assert DEFAULT_PATH.stat().st_size < 2_000_000
+    # The semantic model reads the vectors of the encoder fine-tuned with it.
+    assert classifier.adapter == DEFAULT_ADAPTER_PATH
+    assert DEFAULT_PATH.stat().st_size + DEFAULT_ADAPTER_PATH.stat().st_size < 3_000_000
+
+
+def test_a_classifier_refuses_an_adapter_it_was_not_trained_with(tmp_path):
+    shutil.copy(DEFAULT_PATH, tmp_path / DEFAULT_PATH.name)
+    adapter = tmp_path / DEFAULT_ADAPTER_PATH.name
+    with pytest.raises(ClassifierError, match="adapter this classifier was trained with is missing"):
+        InjectionClassifier.load(tmp_path / DEFAULT_PATH.name)
+    adapter.write_bytes(DEFAULT_ADAPTER_PATH.read_bytes() + b"\0")
+    with pytest.raises(ClassifierError, match="sha256 differs"):
+        InjectionClassifier.load(tmp_path / DEFAULT_PATH.name)
 
 
 def test_fast_hashing_matches_scikit_learn():

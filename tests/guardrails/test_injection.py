@@ -93,9 +93,11 @@ def test_language_switch_needs_two_languages():
 class CountingEmbedder:
     def __init__(self):
         self.calls = 0
+        self.texts: list[str] = []
 
     async def __call__(self, text: str) -> np.ndarray:
         self.calls += 1
+        self.texts.append(text)
         vector = np.zeros(384, dtype=np.float32)
         vector[0] = 1.0
         return vector
@@ -125,13 +127,14 @@ async def test_embedding_is_computed_only_when_the_lexical_gate_is_unsure(classi
     assert result.stage == "lexical" and not result.computed_embedding and embed.calls == 1
 
 
-async def test_a_caller_embedding_is_used_instead_of_computing_one(classifier):
+async def test_the_tuned_encoder_reads_the_normalised_prompt(classifier):
+    # The adapters were trained on normalised text (as the lexical model reads it):
+    # invisible characters removed, lower case.
     embed = CountingEmbedder()
     detector = InjectionDetector(classifier.with_gate(0.0, 1.01), embed)
-    vector = np.zeros(384, dtype=np.float32)
-    vector[1] = 1.0
-    result = await detector.score("What should I cook tonight?", vector)
-    assert result.stage == "semantic" and not result.computed_embedding and embed.calls == 0
+    result = await detector.score("Wh\u200bat should I COOK tonight?")
+    assert result.stage == "semantic" and result.computed_embedding
+    assert embed.texts == ["what should i cook tonight?"]
     assert "learned classifier" in result.reasons[-1]
 
 

@@ -84,7 +84,7 @@ def test_injection_is_blocked_with_reasons(stub):
 
 
 def test_reversible_redaction_restores_for_the_same_request_only(stub):
-    checked = stub.CheckInput(pb.CheckInputRequest(text="Write to ann@example.com please", reversible=True),
+    checked = stub.CheckInput(pb.CheckInputRequest(text="Mail ann@example.com about the tulips.", reversible=True),
                               metadata=meta("r-rev"))
     assert checked.restore_token and b"ann@example.com" not in checked.restore_token
     answer = pb.CheckOutputRequest(text="Sure, I wrote to <EMAIL_ADDRESS_1>.", restore_token=checked.restore_token)
@@ -143,8 +143,6 @@ def test_tenant_policy_comes_from_the_header(stub):
      "may not use guardrails policy 'strict'"),
     (pb.CheckInputRequest(text="a@b.com", reversible=True), "acme", grpc.StatusCode.FAILED_PRECONDITION,
      "does not allow reversible"),
-    (pb.CheckInputRequest(text="hi", embedding=[0.1] * 12), "globex", grpc.StatusCode.INVALID_ARGUMENT,
-     "embedding has 12 values"),
 ])
 def test_bad_requests_get_clear_errors(stub, request_, tenant, code, fragment):
     with pytest.raises(grpc.RpcError) as err:
