@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.onnx_model import onnx_path, sha256_file
+from services.common.onnx_model import model_tokenizer, onnx_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class Embedder:
         # tokenizer.json itself carries a 128-token truncation setting.
         self._counter.no_truncation()
         self._counter.no_padding()
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=max_tokens)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer = model_tokenizer(path, max_tokens)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

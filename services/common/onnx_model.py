@@ -101,6 +101,31 @@ def onnx_path(source_dir: Path, weights_sha256: str, precision: str, adapter: Pa
     return path
 
 
+def model_tokenizer(source_dir: Path, max_tokens: int):
+    """The model's tokenizer as the model is fed: truncated to `max_tokens`, padded to the batch's longest."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
+
+
+def mean_pooled(transformer, input_ids, attention_mask):
+    """The sentence vector (torch): the transformer's output averaged over real tokens, L2-normalised.
+
+    Shared by the exported graph and fine-tuning, so a tuned head reads exactly
+    the vector the service computes.
+    """
+    import torch
+
+    hidden = transformer(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(summed, p=2, dim=1)
+
+
 def merge_adapter(model, adapter: Path) -> None:
     """Adds an adapter's low-rank updates to the matching linear layers of `model` in place."""
     import torch
@@ -130,7 +155,6 @@ def _build(source_dir: Path, path: Path, precision: str, adapter: Path | None = 
     import onnx
     import torch
     import transformers
-    from tokenizers import Tokenizer
     from transformers import AutoModel
 
     # Loading is offline and quick; a progress bar on stderr only clutters logs.
@@ -142,10 +166,7 @@ def _build(source_dir: Path, path: Path, precision: str, adapter: Path | None = 
     model = AutoModel.from_pretrained(str(source_dir), local_files_only=True, attn_implementation="eager").eval()
     if adapter is not None:
         merge_adapter(model, adapter)
-    tokenizer = Tokenizer.from_file(str(source_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=256)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    encodings = tokenizer.encode_batch(_PROBES)
+    encodings = model_tokenizer(source_dir, 256).encode_batch(_PROBES)
     ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
     mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
 
@@ -158,11 +179,7 @@ def _build(source_dir: Path, path: Path, precision: str, adapter: Path | None = 
             self.transformer = transformer
 
         def forward(self, input_ids, attention_mask):
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
-                                      token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(summed, p=2, dim=1)
+            return mean_pooled(self.transformer, input_ids, attention_mask)
 
     pooled = Pooled(model)
     with torch.inference_mode():

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from services.common.onnx_model import ADAPTER_SCALE_KEY, ADAPTER_TARGETS
+from services.common.onnx_model import ADAPTER_SCALE_KEY, ADAPTER_TARGETS, mean_pooled, model_tokenizer
 
 RANK = 8
 ALPHA = 16
@@ -62,11 +62,7 @@ class TunedClassifier(torch.nn.Module):
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1)
 
     def forward(self, ids, mask):
-        hidden = self.encoder(input_ids=ids, attention_mask=mask,
-                              token_type_ids=torch.zeros_like(ids)).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return self.head(torch.nn.functional.normalize(pooled, dim=-1)).squeeze(-1)
+        return self.head(mean_pooled(self.encoder, ids, mask)).squeeze(-1)
 
     def save_adapter(self, path) -> None:
         arrays = {ADAPTER_SCALE_KEY: np.asarray(ALPHA / RANK, dtype=np.float32)}
@@ -80,15 +76,6 @@ class TunedClassifier(torch.nn.Module):
         return self.head.weight.detach().numpy()[0].astype(np.float32), float(self.head.bias.detach()[0])
 
 
-def _tokenizer(model_dir):
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=MAX_TOKENS)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    return tokenizer
-
-
 def _batches(tokenizer, texts: list[str], order: np.ndarray, size: int):
     for start in range(0, len(order), size):
         chosen = order[start:start + size]
@@ -100,7 +87,7 @@ def fit(model_dir, texts: list[str], labels: np.ndarray) -> TunedClassifier:
     """Trains adapters and head on (texts, labels); deterministic for one machine and thread count."""
     torch.manual_seed(SEED)
     model = TunedClassifier(model_dir)
-    tokenizer = _tokenizer(model_dir)
+    tokenizer = model_tokenizer(model_dir, MAX_TOKENS)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.01)
     steps = EPOCHS * math.ceil(len(texts) / BATCH)
@@ -124,7 +111,7 @@ def fit(model_dir, texts: list[str], labels: np.ndarray) -> TunedClassifier:
 
 
 def predict(model: TunedClassifier, model_dir, texts: list[str]) -> np.ndarray:
-    tokenizer = _tokenizer(model_dir)
+    tokenizer = model_tokenizer(model_dir, MAX_TOKENS)
     out = np.zeros(len(texts))
     with torch.no_grad():
         for chosen, ids, mask in _batches(tokenizer, texts, np.arange(len(texts)), 64):
