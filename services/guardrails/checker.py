@@ -13,7 +13,6 @@ import traceback
 from dataclasses import dataclass, field
 from enum import Enum
 
-
 from services.common.errors import NotFound, PermissionDenied
 from services.guardrails import metrics
 from services.guardrails.actions import Finding, Placeholders, Redactor, restore

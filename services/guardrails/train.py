@@ -93,9 +93,8 @@ def _out_of_fold(fit_predict, labels: np.ndarray, groups: np.ndarray) -> np.ndar
     """Each training row's probability from a model fitted without its fold:
     fit_predict(train_rows, test_rows) -> probabilities of test_rows."""
     predicted = np.zeros(len(labels))
-    for fold, (train, test) in enumerate(_folds().split(np.zeros(len(labels)), labels, groups)):
+    for train, test in _folds().split(np.zeros(len(labels)), labels, groups):
         predicted[test] = fit_predict(train, test)
-        log.debug("fold %d of %d", fold + 1, FOLDS)
     return predicted
 
 
@@ -155,8 +154,6 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
 
     lexical_p = {c: _out_of_fold(lexical_fold(c), labels, groups) for c in C_GRID}
     semantic = _out_of_fold(tuned_fold, labels, groups)
-    log.info("learned signals alone at 0.5: lexical %s, fine-tuned %s", _scores(labels, lexical_p[3.0] >= 0.5),
-             _scores(labels, semantic >= 0.5))
 
     candidates = []
     for lexical_c, low, high, point in itertools.product(C_GRID, GATE_BENIGN_GRID, GATE_ATTACK_GRID,
@@ -173,7 +170,9 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
     chosen = min((c for c in candidates if c["f1"] >= best_f1 - F1_TOLERANCE),
                  key=lambda c: (c["embedded_fraction"], -c["operating_point"], c["lexical_C"],
                                 -c["gate_benign_below"], c["gate_attack_above"]))
-    log.info("chosen by cross-validation: %s (best F1 %.4f)", chosen, best_f1)
+    alone = {"lexical_alone": _scores(labels, lexical_p[chosen["lexical_C"]] >= 0.5),
+             "fine_tuned_alone": _scores(labels, semantic >= 0.5)}
+    log.info("chosen by cross-validation: %s (best F1 %.4f); learned signals alone at 0.5: %s", chosen, best_f1, alone)
 
     all_labels = np.concatenate([labels, extra_labels])
     lexical_model = _model(chosen["lexical_C"]).fit(scipy.sparse.vstack([lexical_x, extra_x]), all_labels)
@@ -196,10 +195,8 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
         "fine_tuning": {"rank": finetune.RANK, "alpha": finetune.ALPHA, "epochs": finetune.EPOCHS,
                         "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH, "seed": finetune.SEED},
         "scikit_learn": sklearn.__version__,
-        "cross_validation": {"rules_alone": _scores(labels, rule_hit),
-                             "lexical_alone": _scores(labels, lexical_p[chosen["lexical_C"]] >= 0.5),
-                             "fine_tuned_alone": _scores(labels, semantic >= 0.5),
-                             "best_f1": best_f1, "chosen": chosen},
+        "cross_validation": {"rules_alone": _scores(labels, rule_hit), **alone, "best_f1": best_f1,
+                             "chosen": chosen},
     }
     return InjectionClassifier(
         hashing=HASHING,
