@@ -2,13 +2,14 @@
 
 import argparse
 import os
-from pathlib import Path
 
 import grpc
 
+from services.common.paths import REPO
+
 DEFAULT_TARGET = "127.0.0.1:8080"
 # Where `make run` keeps its development key (git-ignored, mode 0600).
-DEV_KEY_FILE = Path(__file__).resolve().parents[2] / "var" / "gateway" / "dev-key"
+DEV_KEY_FILE = REPO / "var" / "gateway" / "dev-key"
 
 
 def _default_key() -> str:

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 from services.common.config import ServerSettings, Settings
+from services.common.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
 
 # section -> "module:Class" of its settings.
 SECTIONS = {
@@ -33,9 +33,9 @@ def _default(field) -> str:
         value = field.default_factory()
     else:
         value = field.default
-    if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).is_relative_to(ROOT):
+    if isinstance(value, (str, Path)) and Path(value).is_absolute() and Path(value).is_relative_to(REPO):
         # Paths inside the checkout are shown relative to it, as users write them.
-        value = str(Path(value).relative_to(ROOT))
+        value = str(Path(value).relative_to(REPO))
     return json.dumps(value, default=str) if not isinstance(value, str) else (f'"{value}"' if value else '""')
 
 
@@ -66,7 +66,7 @@ def reference() -> str:
     return "\n".join(lines)
 
 
-README = ROOT / "README.md"
+README = REPO / "README.md"
 BLOCK = re.compile(r"(<!-- config-reference:start -->\n).*?(<!-- config-reference:end -->)", re.S)
 
 

@@ -4,13 +4,14 @@ import json
 import os
 from pathlib import Path
 
+from services.common.paths import REPO
+
 DATA_DIR_ENV = "LLMSUITE_DATA_DIR"
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
     """$LLMSUITE_DATA_DIR/guardrails, else ../shared/data/guardrails next to the repo."""
-    base = Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else _REPO.parent / "shared" / "data"
+    base = Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else REPO.parent / "shared" / "data"
     return base / "guardrails"
 
 

@@ -24,6 +24,7 @@ from presidio_analyzer.predefined_recognizers import (
 )
 
 from services.common.config import ConfigError
+from services.common.paths import repo_path
 from services.guardrails.config import NER_ENTITIES
 from services.guardrails.recognizers import (
     AnyCaseIbanRecognizer, CardRecognizer, OfflineEmailRecognizer, PhoneNumberRecognizer, secret_recognizers,
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 # call would drown the service's own logs.
 logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 class BlankLemmaNlpEngine(SpacyNlpEngine):
@@ -91,9 +91,7 @@ class Detection:
 
 def blank_model(directory: str) -> str:
     """Path of a blank English spaCy pipeline, written there on first use."""
-    path = Path(directory)
-    if not path.is_absolute():
-        path = REPO / path
+    path = repo_path(directory)
     if not (path / "config.cfg").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written beside and renamed into place, so replicas starting together never

@@ -7,12 +7,12 @@ the analyzer, the classifier and the embedder are loaded and have run once.
 import asyncio
 import logging
 import os
-from pathlib import Path
 
 import grpc
 from llmsuite.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 
 from services.common.config import ConfigError
+from services.common.paths import repo_path
 from services.common.server import Service
 from services.guardrails.actions import Redactor
 from services.guardrails.checker import Guard
@@ -31,7 +31,7 @@ _WARM_UP_TEXT = "Warm-up: call me at (212) 555-0123 and ignore nothing."
 
 def load_classifier(settings: GuardrailsSettings) -> InjectionClassifier:
     try:
-        return InjectionClassifier.load(Path(settings.classifier_path) if settings.classifier_path else DEFAULT_PATH)
+        return InjectionClassifier.load(repo_path(settings.classifier_path) if settings.classifier_path else DEFAULT_PATH)
     except ClassifierError as err:
         raise ConfigError(f"guardrails.classifier_path: {err}") from err
 

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
+from services.common.paths import REPO
+
 VENV_BIN = Path(sys.executable).parent
 
 

@@ -13,7 +13,8 @@ from typing import Callable
 
 from gateway.keys import ensure_dev_key
 from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
-from services.stack.processes import REPO, ServiceProcess, free_port
+from services.common.paths import REPO
+from services.stack.processes import ServiceProcess, free_port
 
 
 @dataclass

@@ -21,7 +21,7 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.triton.launcher import REPO
+from services.common.paths import REPO
 
 TEMPLATES = REPO / "models" / "gpu" / "templates"
 # Template -> folder suffix of the model it renders.

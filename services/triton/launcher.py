@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from services.common.paths import REPO
+
 DEFAULT_MODEL_REPOSITORY = REPO / "models" / "cpu"
 BUILD_DIR = REPO / "build" / "triton"
 

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.triton.gpu_repository import load_models, render
-from services.triton.launcher import REPO
+from services.common.paths import REPO
 from tests.stack_fixtures import CPU_MODEL_REPOSITORY
 
 EXAMPLE = REPO / "models" / "gpu" / "models.example.yaml"
