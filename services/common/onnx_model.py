@@ -49,6 +49,9 @@ _HIDDEN = 384
 ADAPTER_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
                    "attention.output.dense", "intermediate.dense", "output.dense")
 ADAPTER_SCALE_KEY = "scale"
+# An adapter trained on the first N blocks only records N here; the model is cut
+# to those blocks when the adapter is merged.
+ADAPTER_LAYERS_KEY = "layers"
 
 
 class ModelBuildError(Exception):
@@ -126,11 +129,23 @@ def mean_pooled(transformer, input_ids, attention_mask):
     return torch.nn.functional.normalize(summed, p=2, dim=1)
 
 
+def keep_layers(model, layers: int) -> None:
+    """Keeps the first `layers` transformer blocks of `model` in place; the rest are dropped."""
+    total = len(model.encoder.layer)
+    if not 1 <= layers <= total:
+        raise ModelBuildError(f"cannot keep {layers} of the model's {total} transformer blocks")
+    model.encoder.layer = model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
+
+
 def merge_adapter(model, adapter: Path) -> None:
-    """Adds an adapter's low-rank updates to the matching linear layers of `model` in place."""
+    """Cuts `model` to the blocks the adapter was trained with and adds its low-rank
+    updates to the matching linear layers, in place."""
     import torch
 
     with np.load(adapter) as arrays:
+        if ADAPTER_LAYERS_KEY in arrays.files:
+            keep_layers(model, int(arrays[ADAPTER_LAYERS_KEY]))
         scale = float(arrays[ADAPTER_SCALE_KEY])
         names = {key[:-2] for key in arrays.files if key.endswith(".A")}
         layers = dict(model.named_modules())

@@ -110,9 +110,10 @@ def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
             "recall": round(recall_score(labels, predicted), 4)}
 
 
-def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
-    """Cross-validates, fits both models, writes the adapters to `adapter_out` and
-    returns the classifier (which records the adapters' sha256)."""
+def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifier:
+    """Cross-validates, fits both models (the encoder cut to its first `layers`
+    blocks), writes the adapters to `adapter_out` and returns the classifier (which
+    records the adapters' sha256)."""
     from services.common.embeddings import MODEL_NAME, Embedder, model_dir
     from services.common.onnx_model import sha256_file
     from services.guardrails import finetune
@@ -148,7 +149,7 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
 
     def tuned_fold(train, test):
         model = finetune.fit(model_dir(), [normalised[i] for i in train] + extra,
-                             np.concatenate([labels[train], extra_labels]))
+                             np.concatenate([labels[train], extra_labels]), layers)
         log.info("fine-tuned a fold")
         return finetune.predict(model, model_dir(), [normalised[i] for i in test])
 
@@ -176,7 +177,7 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
 
     all_labels = np.concatenate([labels, extra_labels])
     lexical_model = _model(chosen["lexical_C"]).fit(scipy.sparse.vstack([lexical_x, extra_x]), all_labels)
-    tuned = finetune.fit(model_dir(), normalised + extra, all_labels)
+    tuned = finetune.fit(model_dir(), normalised + extra, all_labels, layers)
     tuned.save_adapter(adapter_out)
     head, bias = tuned.head_weights()
     import sklearn
@@ -192,8 +193,9 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
         "embedding_model": MODEL_NAME,
         "adapter": adapter_out.name,
         "adapter_sha256": sha256_file(adapter_out),
-        "fine_tuning": {"rank": finetune.RANK, "alpha": finetune.ALPHA, "epochs": finetune.EPOCHS,
-                        "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH, "seed": finetune.SEED},
+        "fine_tuning": {"layers": layers, "rank": finetune.RANK, "alpha": finetune.ALPHA,
+                        "epochs": finetune.EPOCHS, "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH,
+                        "seed": finetune.SEED},
         "scikit_learn": sklearn.__version__,
         "cross_validation": {"rules_alone": _scores(labels, rule_hit), **alone, "best_f1": best_f1,
                              "chosen": chosen},
@@ -207,17 +209,22 @@ def build(directory: Path, adapter_out: Path) -> InjectionClassifier:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from services.guardrails import finetune
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder holding injection_train.jsonl (default: the suite's data folder)")
     parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help="where to write the classifier JSON")
     parser.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_PATH,
                         help="where to write the fine-tuned adapters (.npz)")
+    parser.add_argument("--layers", type=int, choices=range(1, finetune.BLOCKS + 1), default=finetune.BLOCKS,
+                        metavar=f"1..{finetune.BLOCKS}",
+                        help="transformer blocks of the encoder to keep: fewer are faster and less accurate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.adapter.parent.mkdir(parents=True, exist_ok=True)
-    classifier = build(args.data_dir or data_dir(), args.adapter)
+    classifier = build(args.data_dir or data_dir(), args.adapter, args.layers)
     args.out.write_text(classifier.to_json(), encoding="utf-8")
     log.info("wrote %s", args.out)
 

@@ -89,3 +89,26 @@ def test_an_adapter_is_merged_into_its_layers_and_a_mismatched_one_is_refused(tm
     _adapter(tmp_path / "shape.npz", layer, 100, 384)
     with pytest.raises(ModelBuildError, match="has shape"):
         merge_adapter(model, tmp_path / "shape.npz")
+
+
+def test_an_adapter_trained_on_the_first_blocks_cuts_the_model_to_them(tmp_path):
+    from transformers import AutoModel
+
+    from services.common.embeddings import model_dir
+    from services.common.onnx_model import ModelBuildError, merge_adapter
+
+    layer = "encoder.layer.0.attention.self.query"
+    arrays = _adapter(tmp_path / "first.npz", layer, 384, 384)
+    np.savez(tmp_path / "first.npz", **arrays, layers=np.asarray(1))
+    model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True)
+    merge_adapter(model, tmp_path / "first.npz")
+    assert len(model.encoder.layer) == 1 and model.config.num_hidden_layers == 1
+
+    # An update for a block that the cut dropped does not fit.
+    arrays = _adapter(tmp_path / "dropped.npz", "encoder.layer.3.attention.self.query", 384, 384)
+    np.savez(tmp_path / "dropped.npz", **arrays, layers=np.asarray(2))
+    with pytest.raises(ModelBuildError, match="layers not found"):
+        merge_adapter(AutoModel.from_pretrained(str(model_dir()), local_files_only=True), tmp_path / "dropped.npz")
+    np.savez(tmp_path / "deep.npz", **arrays, layers=np.asarray(9))
+    with pytest.raises(ModelBuildError, match="cannot keep 9"):
+        merge_adapter(AutoModel.from_pretrained(str(model_dir()), local_files_only=True), tmp_path / "deep.npz")
