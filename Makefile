@@ -8,8 +8,9 @@ PROTOS   := $(shell find protos -name '*.proto')
 DEPS     := $(VENV)/.deps-installed
 STUBS    := gen/.stamp
 MODELS   := build/.embedding-models
-# Guardrails' fine-tuned encoder: low-rank adapters merged into all-MiniLM-L6-v2.
-ADAPTER  := services/guardrails/data/injection_adapter.npz
+# Guardrails' fine-tuned encoders: low-rank adapters merged into all-MiniLM-L6-v2
+# (the default, six blocks) and into its first block only (the fast option).
+ADAPTERS := services/guardrails/data/injection_adapter.npz services/guardrails/data/injection_adapter_fast.npz
 SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
@@ -18,11 +19,11 @@ PYTEST_ARGS ?=
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
-# The embedder's ONNX files (fp32, int8, and int8 with guardrails' adapter), exported once
+# The embedder's ONNX files (fp32, int8, and int8 with each guardrails adapter), exported once
 # from the pinned weights into the user's cache (LLMSUITE_MODEL_CACHE, default ~/.cache/llmsuite/models).
 # Services build them on first use too; this only keeps that off their start.
-$(MODELS): $(DEPS) services/common/onnx_model.py $(ADAPTER)
-	$(PY) -m services.common.embeddings $(ADAPTER)
+$(MODELS): $(DEPS) services/common/onnx_model.py $(ADAPTERS)
+	$(PY) -m services.common.embeddings $(ADAPTERS)
 	@mkdir -p build && touch $@
 
 # Debian packages the tests and `make run` start for real.
@@ -67,6 +68,8 @@ test: setup
 # Evaluations and benchmarks write reports/*.json; they are not part of `make test`.
 eval-guardrails: setup
 	$(PY) evals/guardrails.py
+	$(PY) evals/guardrails.py --classifier services/guardrails/data/injection_classifier_fast.json \
+	  --out reports/guardrails_fast.json
 
 eval-retrieval: setup
 	$(PY) evals/retrieval.py

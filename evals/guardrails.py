@@ -15,7 +15,9 @@ Speed, for 500-character prompts built from the benign rows of injection_train.j
   Each in two modes: `cascade` (the default: the fine-tuned encoder runs only when
   the cheap and lexical stages are not decisive) and `always-embed` (the gate off:
   every prompt is embedded, the strictest reading of "every signal on").
-Writes reports/guardrails.json and prints a table.
+Everything for the classifier given by --classifier (default: the shipped one;
+`make eval-guardrails` also runs the fast option into reports/guardrails_fast.json).
+Writes reports/guardrails.json (or --out) and prints a table.
 Data: $LLMSUITE_DATA_DIR/guardrails, else ../shared/data/guardrails next to the repo.
 """
 
@@ -39,7 +41,7 @@ from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
 from evals.stats import percentile  # noqa: E402
-from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, InjectionClassifier  # noqa: E402
+from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
 from services.guardrails.injection import cheap_signals  # noqa: E402
@@ -218,23 +220,35 @@ async def grpc_speed(port: int, prompts: list[str], concurrency: int, rounds: in
                            "checks_per_s": round(total / elapsed, 1), **_summary(concurrent_samples)}}
 
 
-def _gate_off(path: Path) -> None:
-    """A copy of the shipped classifier (and its adapter) whose lexical gate never skips the embedding."""
-    data = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+def _shown(path: Path) -> str:
+    """path relative to the repository when inside it (reports do not name this machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def _gate_off(source: Path, adapter: Path, path: Path) -> None:
+    """A copy of the classifier at `source` (and its adapter) whose lexical gate never skips the embedding."""
+    data = json.loads(source.read_text(encoding="utf-8"))
     data["gate"] = {"benign_below": 0.0, "attack_above": 1.01}
     path.write_text(json.dumps(data), encoding="utf-8")
-    shutil.copy(DEFAULT_ADAPTER_PATH, path.with_name(DEFAULT_ADAPTER_PATH.name))
+    shutil.copy(adapter, path.with_name(adapter.name))
 
 
 async def evaluate(args: argparse.Namespace) -> dict:
     directory = data_dir()
     settings = GuardrailsSettings(port=0, metrics_port=0, **args.setting)
     policy = settings.policies["default"]
-    classifier = InjectionClassifier.load()
+    classifier = InjectionClassifier.load(args.classifier)
     batching = load_embedder(settings, classifier)
     guard = build_guard(settings, batching.embed_one, classifier)
     report: dict = {"data_dir": str(directory), "machine": {"cpus": os.cpu_count(),
-                                                           "load_average_at_start": os.getloadavg()}}
+                                                           "load_average_at_start": os.getloadavg()},
+                    "classifier": {"path": _shown(args.classifier),
+                                   "encoder_blocks": classifier.metadata["fine_tuning"].get("layers", 6),
+                                   "gate": {"benign_below": classifier.gate_benign_below,
+                                            "attack_above": classifier.gate_attack_above}}}
     try:
         if not args.speed_only:
             print("injection, xstest, cyberseceval ...", file=sys.stderr)
@@ -255,8 +269,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
     report["grpc"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gate_off = Path(tmp) / "classifier-gate-off.json"
-        _gate_off(gate_off)
-        runs = {"cascade": {}, "always-embed": {"classifier_path": gate_off}}
+        _gate_off(args.classifier, classifier.adapter, gate_off)
+        runs = {"cascade": {"classifier_path": args.classifier.resolve()}, "always-embed": {"classifier_path": gate_off}}
         for mode, extra in runs.items():
             if mode not in args.modes:
                 continue
@@ -341,6 +355,8 @@ def print_table(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "guardrails.json")
+    parser.add_argument("--classifier", type=Path, default=DEFAULT_PATH,
+                        help="injection classifier JSON to evaluate (default: the shipped one)")
     parser.add_argument("--prompts", type=int, default=200, help="500-character prompts for the speed runs")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the prompts in the throughput runs")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="concurrent gRPC callers")

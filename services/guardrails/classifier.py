@@ -32,6 +32,8 @@ from sklearn.utils import murmurhash3_32
 DEFAULT_PATH = Path(__file__).parent / "data" / "injection_classifier.json"
 # The fine-tuned encoder's low-rank adapters, written by train.py with the JSON file.
 DEFAULT_ADAPTER_PATH = DEFAULT_PATH.with_name("injection_adapter.npz")
+# The fast option: the same recipe on the encoder's first block only (`train --layers 1`).
+FAST_PATH = DEFAULT_PATH.with_name("injection_classifier_fast.json")
 # Bound on the n-gram bucket cache (about 100 bytes an entry); cleared when full.
 _MAX_CACHED_NGRAMS = 200_000
 

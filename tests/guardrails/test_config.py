@@ -3,10 +3,13 @@
 import base64
 import shutil
 
+import numpy as np
 import pytest
 
 from services.common.config import ConfigError, load
-from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, ClassifierError, InjectionClassifier
+from services.guardrails.classifier import (
+    DEFAULT_ADAPTER_PATH, DEFAULT_PATH, FAST_PATH, ClassifierError, InjectionClassifier,
+)
 from services.guardrails.config import Action, GuardrailsSettings, Policy
 
 
@@ -86,3 +89,24 @@ def test_an_uninstalled_spacy_model_fails_instead_of_downloading(tmp_path):
 
     with pytest.raises(ConfigError, match="spaCy model 'en_core_web_nonexistent' is not installed"):
         build_analyzer("en_core_web_nonexistent", str(tmp_path / "blank"))
+
+
+def test_the_fast_classifier_is_trained_on_the_first_encoder_block_only():
+    classifier = InjectionClassifier.load(FAST_PATH)
+    assert classifier.adapter == FAST_PATH.with_name("injection_adapter_fast.npz")
+    assert classifier.metadata["fine_tuning"]["layers"] == 1
+    with np.load(classifier.adapter) as arrays:
+        assert int(arrays["layers"]) == 1
+        updated = [name for name in arrays.files if name.endswith(".A")]
+    assert updated and all(name.startswith("encoder.layer.0.") for name in updated)
+
+
+def test_a_relative_classifier_path_is_taken_from_the_repository_root(tmp_path, monkeypatch):
+    from services.guardrails.service import load_classifier
+
+    monkeypatch.chdir(tmp_path)
+    relative = str(FAST_PATH.relative_to(FAST_PATH.parents[3]))
+    assert load_classifier(GuardrailsSettings(classifier_path=relative)).adapter == FAST_PATH.with_name(
+        "injection_adapter_fast.npz")
+    with pytest.raises(ConfigError, match="classifier_path: .*not found"):
+        load_classifier(GuardrailsSettings(classifier_path="nowhere/classifier.json"))
