@@ -41,6 +41,7 @@ from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
 from evals.stats import percentile  # noqa: E402
+from services.common.onnx_model import BLOCKS  # noqa: E402
 from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
@@ -221,19 +222,20 @@ async def grpc_speed(port: int, prompts: list[str], concurrency: int, rounds: in
 
 
 def _shown(path: Path) -> str:
-    """path relative to the repository when inside it (reports do not name this machine's folders)."""
+    """path relative to the repository when inside it, else as given."""
     try:
         return str(path.resolve().relative_to(REPO))
     except ValueError:
         return str(path)
 
 
-def _gate_off(source: Path, adapter: Path, path: Path) -> None:
+def _gate_off(source: Path, adapter: Path | None, path: Path) -> None:
     """A copy of the classifier at `source` (and its adapter) whose lexical gate never skips the embedding."""
     data = json.loads(source.read_text(encoding="utf-8"))
     data["gate"] = {"benign_below": 0.0, "attack_above": 1.01}
     path.write_text(json.dumps(data), encoding="utf-8")
-    shutil.copy(adapter, path.with_name(adapter.name))
+    if adapter is not None:
+        shutil.copy(adapter, path.with_name(adapter.name))
 
 
 async def evaluate(args: argparse.Namespace) -> dict:
@@ -246,7 +248,9 @@ async def evaluate(args: argparse.Namespace) -> dict:
     report: dict = {"data_dir": str(directory), "machine": {"cpus": os.cpu_count(),
                                                            "load_average_at_start": os.getloadavg()},
                     "classifier": {"path": _shown(args.classifier),
-                                   "encoder_blocks": classifier.metadata["fine_tuning"].get("layers", 6),
+                                   # Files from before `--layers` recorded no count: the whole model.
+                                   "encoder_blocks": classifier.metadata.get("fine_tuning", {}).get("layers",
+                                                                                                   BLOCKS),
                                    "gate": {"benign_below": classifier.gate_benign_below,
                                             "attack_above": classifier.gate_attack_above}}}
     try:

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import redis
 
+from services.common.paths import REPO  # noqa: F401  (re-exported for tests)
 from services.stack.processes import (  # noqa: F401  (re-exported for tests)
-    REPO,
     ProcessDied,
     ServiceProcess,
     free_port,

@@ -44,6 +44,8 @@ _RECIPE = 2
 # all-MiniLM-L6-v2's attention shape, for ONNX Runtime's fusion of the attention block.
 _HEADS = 12
 _HIDDEN = 384
+# Its transformer blocks; an adapter may keep only the first ones (ADAPTER_LAYERS_KEY).
+BLOCKS = 6
 # Low-rank adapters (services/guardrails/finetune.py) update these linear layers
 # of every transformer block: W += scale * B @ A, merged before export.
 ADAPTER_TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
@@ -145,7 +147,10 @@ def merge_adapter(model, adapter: Path) -> None:
 
     with np.load(adapter) as arrays:
         if ADAPTER_LAYERS_KEY in arrays.files:
-            keep_layers(model, int(arrays[ADAPTER_LAYERS_KEY]))
+            layers = arrays[ADAPTER_LAYERS_KEY]
+            if layers.shape != () or layers.dtype.kind not in "iu":
+                raise ModelBuildError(f"{adapter}: '{ADAPTER_LAYERS_KEY}' must be one whole number")
+            keep_layers(model, int(layers))
         scale = float(arrays[ADAPTER_SCALE_KEY])
         names = {key[:-2] for key in arrays.files if key.endswith(".A")}
         layers = dict(model.named_modules())

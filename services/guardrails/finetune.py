@@ -1,10 +1,10 @@
 """Fine-tunes all-MiniLM-L6-v2 for injection detection with low-rank adapters (LoRA).
 
 Only used by `python -m services.guardrails.train` (imports torch). The base
-weights stay frozen; each linear layer of the six transformer blocks gets a
-rank-8 update B @ A, trained together with a logistic head on the mean-pooled,
+weights stay frozen; each linear layer of the kept transformer blocks (all six by
+default) gets a rank-8 update B @ A, trained together with a logistic head on the mean-pooled,
 L2-normalised sentence vector, the same vector the service's embedder returns.
-The adapter (about 330k numbers) is saved as `.npz` and merged into the base
+The adapter (about 330k numbers for six blocks) is saved as `.npz` and merged into the base
 weights when the service's ONNX model is built (services/common/onnx_model.py),
 so serving costs exactly one plain embedding.
 
@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from services.common.onnx_model import (
-    ADAPTER_LAYERS_KEY, ADAPTER_SCALE_KEY, ADAPTER_TARGETS, keep_layers, mean_pooled, model_tokenizer,
+    ADAPTER_LAYERS_KEY, ADAPTER_SCALE_KEY, ADAPTER_TARGETS, BLOCKS, keep_layers, mean_pooled, model_tokenizer,
 )
 
-# all-MiniLM-L6-v2's transformer blocks. Fewer can be kept (`train --layers`):
-# each costs about 3.3 ms of a 500-character prompt's encoding on this 2-core CPU
-# (int8), at a price in quality (services/guardrails/README.md).
-BLOCKS = 6
+# Fewer than BLOCKS transformer blocks can be kept (`train --layers`): each costs
+# about 3-4 ms of a 500-character prompt's encoding on this 2-core CPU (int8), at a
+# price in quality (services/guardrails/README.md).
 RANK = 8
 ALPHA = 16
 EPOCHS = 6

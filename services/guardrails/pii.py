@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
 
 
-
 class BlankLemmaNlpEngine(SpacyNlpEngine):
     """spaCy for Presidio, with lower-cased words standing in for missing lemmas.
 

@@ -112,3 +112,6 @@ def test_an_adapter_trained_on_the_first_blocks_cuts_the_model_to_them(tmp_path)
     np.savez(tmp_path / "deep.npz", **arrays, layers=np.asarray(9))
     with pytest.raises(ModelBuildError, match="cannot keep 9"):
         merge_adapter(AutoModel.from_pretrained(str(model_dir()), local_files_only=True), tmp_path / "deep.npz")
+    np.savez(tmp_path / "half.npz", **arrays, layers=np.asarray(1.5))
+    with pytest.raises(ModelBuildError, match="one whole number"):
+        merge_adapter(AutoModel.from_pretrained(str(model_dir()), local_files_only=True), tmp_path / "half.npz")

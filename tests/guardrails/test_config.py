@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from services.common.config import ConfigError, load
+from services.common.paths import REPO
 from services.guardrails.classifier import (
     DEFAULT_ADAPTER_PATH, DEFAULT_PATH, FAST_PATH, ClassifierError, InjectionClassifier,
 )
@@ -105,7 +106,7 @@ def test_a_relative_classifier_path_is_taken_from_the_repository_root(tmp_path, 
     from services.guardrails.service import load_classifier
 
     monkeypatch.chdir(tmp_path)
-    relative = str(FAST_PATH.relative_to(FAST_PATH.parents[3]))
+    relative = str(FAST_PATH.relative_to(REPO))
     assert load_classifier(GuardrailsSettings(classifier_path=relative)).adapter == FAST_PATH.with_name(
         "injection_adapter_fast.npz")
     with pytest.raises(ConfigError, match="classifier_path: .*not found"):
