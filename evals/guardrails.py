@@ -274,7 +274,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         gate_off = Path(tmp) / "classifier-gate-off.json"
         _gate_off(args.classifier, classifier.adapter, gate_off)
-        runs = {"cascade": {"classifier_path": args.classifier.resolve()}, "always-embed": {"classifier_path": gate_off}}
+        runs = {"cascade": {"classifier_path": args.classifier.resolve()},
+                "always-embed": {"classifier_path": gate_off}}
         for mode, extra in runs.items():
             if mode not in args.modes:
                 continue

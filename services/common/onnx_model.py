@@ -147,10 +147,10 @@ def merge_adapter(model, adapter: Path) -> None:
 
     with np.load(adapter) as arrays:
         if ADAPTER_LAYERS_KEY in arrays.files:
-            layers = arrays[ADAPTER_LAYERS_KEY]
-            if layers.shape != () or layers.dtype.kind not in "iu":
+            kept = arrays[ADAPTER_LAYERS_KEY]
+            if kept.shape != () or kept.dtype.kind not in "iu":
                 raise ModelBuildError(f"{adapter}: '{ADAPTER_LAYERS_KEY}' must be one whole number")
-            keep_layers(model, int(layers))
+            keep_layers(model, int(kept))
         scale = float(arrays[ADAPTER_SCALE_KEY])
         names = {key[:-2] for key in arrays.files if key.endswith(".A")}
         layers = dict(model.named_modules())

@@ -134,9 +134,9 @@ class GuardrailsSettings(ServerSettings):
         description="Where the blank spaCy pipeline is saved at first start (relative paths: repository root).")
     classifier_path: str = Field(
         "", description="Injection classifier JSON (relative paths: repository root); empty: the one shipped "
-                        "in services/guardrails/data "
-                        "(six encoder blocks). services/guardrails/data/injection_classifier_fast.json is the "
-                        "shipped fast option (one block; faster, less accurate: see the guardrails README).")
+                        "in services/guardrails/data (six encoder blocks). "
+                        "services/guardrails/data/injection_classifier_fast.json is the shipped fast option (one "
+                        "block; faster, less accurate: see the guardrails README).")
     embedding_max_batch: int = Field(32, ge=1, le=256, description="Most prompts embedded in one forward pass.")
     embedding_max_wait_ms: float = Field(
         0.0, ge=0, le=100,

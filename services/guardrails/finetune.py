@@ -2,14 +2,16 @@
 
 Only used by `python -m services.guardrails.train` (imports torch). The base
 weights stay frozen; each linear layer of the kept transformer blocks (all six by
-default) gets a rank-8 update B @ A, trained together with a logistic head on the mean-pooled,
-L2-normalised sentence vector, the same vector the service's embedder returns.
-The adapter (about 330k numbers for six blocks) is saved as `.npz` and merged into the base
-weights when the service's ONNX model is built (services/common/onnx_model.py),
-so serving costs exactly one plain embedding.
+default) gets a rank-8 update B @ A, trained together with a logistic head on the
+mean-pooled, L2-normalised sentence vector, the same vector the service's embedder
+returns. The adapter (about 330k numbers for six blocks) is saved as `.npz` and
+merged into the base weights when the service's ONNX model is built
+(services/common/onnx_model.py), so serving costs exactly one plain embedding.
 
-The encoder can be cut to its first blocks (`layers`): the fast option keeps one,
-and its adapter records that, so the ONNX model is cut the same way.
+The encoder can be cut to its first blocks (`layers`, `train --layers`): each block
+costs about 3-4 ms of a 500-character prompt's encoding on a 2-core CPU (int8), at
+a price in quality (services/guardrails/README.md). The fast option keeps one, and
+its adapter records that, so the ONNX model is cut the same way.
 
 Why: on grouped cross-validation of the training split the learned signal alone
 reached F1 0.93 tuned against 0.85 for logistic regressions on the frozen
@@ -25,9 +27,6 @@ from services.common.onnx_model import (
     ADAPTER_LAYERS_KEY, ADAPTER_SCALE_KEY, ADAPTER_TARGETS, BLOCKS, keep_layers, mean_pooled, model_tokenizer,
 )
 
-# Fewer than BLOCKS transformer blocks can be kept (`train --layers`): each costs
-# about 3-4 ms of a 500-character prompt's encoding on this 2-core CPU (int8), at a
-# price in quality (services/guardrails/README.md).
 RANK = 8
 ALPHA = 16
 EPOCHS = 6

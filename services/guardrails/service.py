@@ -30,8 +30,9 @@ _WARM_UP_TEXT = "Warm-up: call me at (212) 555-0123 and ignore nothing."
 
 
 def load_classifier(settings: GuardrailsSettings) -> InjectionClassifier:
+    path = repo_path(settings.classifier_path) if settings.classifier_path else DEFAULT_PATH
     try:
-        return InjectionClassifier.load(repo_path(settings.classifier_path) if settings.classifier_path else DEFAULT_PATH)
+        return InjectionClassifier.load(path)
     except ClassifierError as err:
         raise ConfigError(f"guardrails.classifier_path: {err}") from err
 
