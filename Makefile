@@ -22,8 +22,8 @@ setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 # The embedder's ONNX files (fp32, int8, and int8 with each guardrails adapter), exported once
 # from the pinned weights into the user's cache (LLMSUITE_MODEL_CACHE, default ~/.cache/llmsuite/models).
 # Services build them on first use too; this only keeps that off their start.
-$(MODELS): $(DEPS) services/common/onnx_model.py $(ADAPTERS)
-	$(PY) -m services.common.embeddings $(ADAPTERS)
+$(MODELS): $(DEPS) services/embedding/onnx_model.py $(ADAPTERS)
+	$(PY) -m services.embedding $(ADAPTERS)
 	@mkdir -p build && touch $@
 
 # Debian packages the tests and `make run` start for real.
@@ -84,7 +84,7 @@ bench: setup
 # Regenerate what is derived from code: the README's configuration reference and
 # the Envoy configs committed for compose and Kubernetes.
 docs: setup
-	$(PY) -m services.common.configdoc --readme
+	$(PY) -m tools.configdoc --readme
 
 deploy-configs: setup
 	$(PY) -m gateway.deployments

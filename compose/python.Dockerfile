@@ -22,7 +22,7 @@ RUN pip install --no-deps . \
  && python -m grpc_tools.protoc -Iprotos --python_out=gen --grpc_python_out=gen \
       --include_imports --descriptor_set_out=gen/llmsuite.pb $(find protos -name '*.proto') \
  && echo /app/gen > /opt/venv/lib/python3.11/site-packages/llmsuite-gen.pth \
- && LLMSUITE_MODEL_CACHE=/app/models python -m services.common.embeddings \
+ && LLMSUITE_MODEL_CACHE=/app/models python -m services.embedding \
       services/guardrails/data/injection_adapter.npz services/guardrails/data/injection_adapter_fast.npz
 
 FROM python:3.11.11-slim-bookworm

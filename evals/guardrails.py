@@ -41,7 +41,7 @@ from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
 from evals.stats import percentile  # noqa: E402
-from services.common.onnx_model import BLOCKS  # noqa: E402
+from services.embedding.onnx_model import BLOCKS  # noqa: E402
 from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402

@@ -130,7 +130,7 @@ def bare_model(corpus_path: Path, every: int) -> dict:
     does, with the same token count (model input tokens, padding excluded). No gRPC,
     no sparse encoding, no store: what the model itself allows on this CPU.
     """
-    from services.common.embeddings import Embedder
+    from services.embedding.embedder import Embedder
     from services.retrieval.config import RetrievalSettings
     from services.retrieval.ingest import DocumentChunker
 
@@ -267,7 +267,7 @@ def evaluate(args: argparse.Namespace) -> int:
 def tune(args: argparse.Namespace) -> int:
     from scipy import sparse as sp
 
-    from services.common.embeddings import Embedder
+    from services.embedding.embedder import Embedder
     from services.retrieval.config import RetrievalSettings
     from services.retrieval.ingest import DocumentChunker
     from services.retrieval.sparse import SparseEncoder

@@ -58,7 +58,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def tune_threshold(train: list[dict]) -> dict:
     """Threshold from the training pairs: just above the most similar negative the guards let through."""
-    from services.common.embeddings import Embedder
+    from services.embedding.embedder import Embedder
 
     # What the router's Embed calls get from the retrieval service: fp32 all-MiniLM-L6-v2.
     embedder = Embedder()

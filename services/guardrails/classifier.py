@@ -80,7 +80,7 @@ class _Buckets(dict):
 
 def _verified_adapter(path: Path, metadata: dict) -> Path | None:
     """The adapter file named in the classifier's metadata, checked against its recorded sha256."""
-    from services.common.onnx_model import sha256_file
+    from services.embedding.onnx_model import sha256_file
 
     if "adapter" not in metadata:
         return None

@@ -6,7 +6,7 @@ default) gets a rank-8 update B @ A, trained together with a logistic head on th
 mean-pooled, L2-normalised sentence vector, the same vector the service's embedder
 returns. The adapter (about 330k numbers for six blocks) is saved as `.npz` and
 merged into the base weights when the service's ONNX model is built
-(services/common/onnx_model.py), so serving costs exactly one plain embedding.
+(services/embedding/onnx_model.py), so serving costs exactly one plain embedding.
 
 The encoder can be cut to its first blocks (`layers`, `train --layers`): each block
 costs about 3-4 ms of a 500-character prompt's encoding on a 2-core CPU (int8), at
@@ -23,7 +23,7 @@ import math
 import numpy as np
 import torch
 
-from services.common.onnx_model import (
+from services.embedding.onnx_model import (
     ADAPTER_LAYERS_KEY, ADAPTER_SCALE_KEY, ADAPTER_TARGETS, BLOCKS, keep_layers, mean_pooled, model_tokenizer,
 )
 

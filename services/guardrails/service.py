@@ -51,7 +51,7 @@ def load_embedder(settings: GuardrailsSettings, classifier: InjectionClassifier)
     length. The build checks the int8 vectors against torch (onnx_model.py); on
     training rows the head's probabilities stay within about 0.01 of fp32.
     """
-    from services.common.embeddings import BatchingEmbedder, Embedder
+    from services.embedding.embedder import BatchingEmbedder, Embedder
 
     embedder = Embedder(quantize=True, threads=settings.embedding_threads or None, adapter=classifier.adapter)
     return BatchingEmbedder(embedder, max_batch=settings.embedding_max_batch,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.onnx_model import BLOCKS
+from services.embedding.onnx_model import BLOCKS
 from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, HashingSpec, InjectionClassifier
 from services.guardrails.datasets import data_dir, read_jsonl
 from services.guardrails.injection import cheap_signals
@@ -116,8 +116,8 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
     """Cross-validates, fits both models (the encoder cut to its first `layers`
     blocks), writes the adapters to `adapter_out` and returns the classifier (which
     records the adapters' sha256)."""
-    from services.common.embeddings import MODEL_NAME, Embedder, model_dir
-    from services.common.onnx_model import sha256_file
+    from services.embedding.embedder import MODEL_NAME, Embedder, model_dir
+    from services.embedding.onnx_model import sha256_file
     from services.guardrails import finetune
 
     path = directory / TRAIN_FILE

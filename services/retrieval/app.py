@@ -6,7 +6,7 @@ import logging
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 from services.common.config import ConfigError
-from services.common.embeddings import BatchingEmbedder, Embedder
+from services.embedding.embedder import BatchingEmbedder, Embedder
 from services.common.server import Service
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.embedding import ObservedEmbedder, TextEmbedder

@@ -14,7 +14,7 @@ import numpy as np
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 from services.common.context import tenant_var
-from services.common.embeddings import BatchingEmbedder
+from services.embedding.embedder import BatchingEmbedder
 from services.common.errors import InvalidArgument, Unavailable
 from services.retrieval import filters, metrics, validation
 from services.retrieval.config import RetrievalSettings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.keys import add_key
-from services.common.configdoc import reference
+from tools.configdoc import reference
 from tests.harness import REPO
 
 README = (REPO / "README.md").read_text()
@@ -77,4 +77,4 @@ def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
 
 def test_readme_configuration_reference_matches_the_code():
     assert _block("config-reference").strip() == reference().strip(), \
-        "regenerate the README block with: python -m services.common.configdoc --readme"
+        "regenerate the README block with: python -m tools.configdoc --readme"

@@ -3,7 +3,7 @@
 import pytest
 from tokenizers import Tokenizer
 
-from services.common.embeddings import model_dir
+from services.embedding.embedder import model_dir
 from services.retrieval.chunking import chunk_text, plain_tokenizer, truncate_tokens
 from services.retrieval.ingest import DocumentChunker
 from llmsuite.retrieval.v1 import retrieval_pb2

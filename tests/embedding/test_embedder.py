@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from services.common.embeddings import DIMENSION, BatchingEmbedder, Embedder
+from services.embedding.embedder import DIMENSION, BatchingEmbedder, Embedder
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_int8_ingest_model_stays_close_to_fp32(embedder):
 
 
 def test_a_corrupted_cached_model_is_rebuilt_not_used(tmp_path, monkeypatch):
-    from services.common.embeddings import MODEL_SHA256, model_dir
-    from services.common.onnx_model import onnx_path, sha256_file
+    from services.embedding.embedder import MODEL_SHA256, model_dir
+    from services.embedding.onnx_model import onnx_path, sha256_file
 
     monkeypatch.setenv("LLMSUITE_MODEL_CACHE", str(tmp_path))
     built = onnx_path(model_dir(), MODEL_SHA256, "fp32")
@@ -72,8 +72,8 @@ def _adapter(path, layer: str, rows: int, columns: int):
 def test_an_adapter_is_merged_into_its_layers_and_a_mismatched_one_is_refused(tmp_path):
     from transformers import AutoModel
 
-    from services.common.embeddings import model_dir
-    from services.common.onnx_model import ModelBuildError, merge_adapter
+    from services.embedding.embedder import model_dir
+    from services.embedding.onnx_model import ModelBuildError, merge_adapter
 
     model = AutoModel.from_pretrained(str(model_dir()), local_files_only=True)
     layer = "encoder.layer.0.attention.self.query"
@@ -94,8 +94,8 @@ def test_an_adapter_is_merged_into_its_layers_and_a_mismatched_one_is_refused(tm
 def test_an_adapter_trained_on_the_first_blocks_cuts_the_model_to_them(tmp_path):
     from transformers import AutoModel
 
-    from services.common.embeddings import model_dir
-    from services.common.onnx_model import ModelBuildError, merge_adapter
+    from services.embedding.embedder import model_dir
+    from services.embedding.onnx_model import ModelBuildError, merge_adapter
 
     layer = "encoder.layer.0.attention.self.query"
     arrays = _adapter(tmp_path / "first.npz", layer, 384, 384)

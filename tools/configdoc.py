@@ -1,7 +1,7 @@
 """Prints the configuration reference (markdown) from the settings classes.
 
-    python -m services.common.configdoc            # print it
-    python -m services.common.configdoc --readme   # rewrite README.md's block
+    python -m tools.configdoc            # print it
+    python -m tools.configdoc --readme   # rewrite README.md's block
 
 The README's reference is this output; a test keeps the two in agreement.
 """
