@@ -118,7 +118,7 @@ class FakeGuardrails:
 
     async def check_output_stream(self, chunks: AsyncIterator[str], *, policy: str, canaries, restore_token: bytes,
                                   deadline: Deadline) -> AsyncIterator[gpb.CheckOutputStreamResponse]:
-        deadline.timeout()
+        deadline.check()
         if self.down or self.output_down:
             raise _down("guardrails")
         async for chunk in chunks:
