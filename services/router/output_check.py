@@ -33,10 +33,6 @@ _END = object()
 class _Down(Exception):
     """The check failed on guardrails' side (generation's failures pass as they are)."""
 
-    def __init__(self, error: ServiceError):
-        super().__init__(error.message)
-        self.error = error
-
 
 class _Pump:
     """Forwards generation's text to the check as it comes, and keeps what it forwarded."""
@@ -154,7 +150,8 @@ class OutputCheck:
             return _unguarded(source)
         return self._checked(source, policy, canaries, restore_token, deadline, fail_open)
 
-    async def _checked(self, source, policy, canaries, restore_token, deadline, fail_open):
+    async def _checked(self, source: AsyncIterator[Delta | Completion], policy: str, canaries: Sequence[str],
+                       restore_token: bytes, deadline: Deadline, fail_open: bool) -> AsyncIterator[Delta | Verdict]:
         pump = _Pump(source)
         verdict = Verdict()
         answered = False
@@ -186,10 +183,11 @@ class OutputCheck:
         finally:
             await pump.stop()
 
-    async def _responses(self, chunks, policy, canaries, restore_token, deadline):
+    async def _responses(self, chunks: AsyncIterator[str], policy: str, canaries: Sequence[str], restore_token: bytes,
+                         deadline: Deadline) -> AsyncIterator[guardrails_pb2.CheckOutputStreamResponse]:
         try:
             async for response in self._guardrails.check_output_stream(
                     chunks, policy=policy, canaries=canaries, restore_token=restore_token, deadline=deadline):
                 yield response
         except UPSTREAM_DOWN as err:
-            raise _Down(err) from None
+            raise _Down(err.message) from err

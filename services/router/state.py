@@ -5,6 +5,7 @@ which model, under which cache key); the later stages read it and add to its Rep
 """
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from llmsuite.guardrails.v1 import guardrails_pb2
@@ -29,7 +30,7 @@ TIER_NAMES = {inference_pb2.TIER_CACHE: "cache", inference_pb2.TIER_LIGHT: "ligh
 _MAX_DETAIL_CHARS = 500
 
 
-def detail(values) -> str:
+def detail(values: Iterable) -> str:
     """Values joined for an error's metadata or a log line, bounded in length."""
     return ", ".join(str(v) for v in values)[:_MAX_DETAIL_CHARS]
 
@@ -80,7 +81,7 @@ class Report:
             self.degraded.append(reason)
             DEGRADED.labels(reason).inc()
 
-    def add_findings(self, stage: str, findings) -> None:
+    def add_findings(self, stage: str, findings: Iterable[guardrails_pb2.Finding]) -> None:
         for finding in findings:
             action = guardrails_pb2.Action.Name(finding.action).removeprefix("ACTION_").lower()
             self.findings.append(inference_pb2.GuardrailFinding(stage=stage, entity=finding.entity, action=action,
@@ -98,6 +99,8 @@ class CheckedInput:
 
 @dataclass(frozen=True)
 class RequestState:
+    """What later stages need of one request; they add to its report only."""
+
     request: InferenceRequest
     tenant_id: str
     tenant: TenantSettings
