@@ -15,7 +15,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
+.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
@@ -56,14 +56,21 @@ $(BUF): package.json
 
 proto: $(STUBS)
 
+# buf for the protos; ruff for the Python (rules and complexity limit in pyproject.toml).
 lint: setup
 	$(BUF) lint
+	$(VENV)/bin/ruff check .
 
 run: setup
 	$(PY) -m services.stack
 
-test: setup
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that start no process (pytest -m "not integration"), in seconds; in this
+# run, a test that tries to start one fails (tests/conftest.py).
+test-unit: $(DEPS) $(STUBS) $(MODELS)
+	LLMSUITE_UNIT_TESTS=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 # Evaluations and benchmarks write reports/*.json; they are not part of `make test`.
 eval-guardrails: setup

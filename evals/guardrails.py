@@ -46,7 +46,7 @@ from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # 
 from services.guardrails.config import GuardrailsSettings  # noqa: E402
 from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
 from services.guardrails.injection import cheap_signals  # noqa: E402
-from services.guardrails.service import build_guard, load_embedder  # noqa: E402
+from services.guardrails.app import build_guard, load_embedder  # noqa: E402
 from tests.harness import start_service  # noqa: E402
 
 STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")

@@ -2,8 +2,12 @@
 
 import subprocess
 
+import pytest
+
 from gateway.render import EnvoyParams, envoy_binary, render
 from tests.harness import REPO
+
+pytestmark = pytest.mark.integration
 
 
 def test_buf_lint_is_clean():

@@ -1,6 +1,6 @@
 from gateway.authz.config import AuthzSettings
-from gateway.authz.service import build
+from gateway.authz.app import build_service
 from services.common.server import main
 
 if __name__ == "__main__":
-    main("authz", AuthzSettings, build)
+    main("authz", AuthzSettings, build_service)

@@ -21,10 +21,7 @@ from prometheus_client import Counter
 from gateway.authz.config import AuthzSettings
 from gateway.authz.decision import API_KEY_HEADER, AUTHORIZATION_HEADER, Decision, JwtClaims, decide
 from gateway.authz.keystore import KeyStore
-from gateway.keys import KeysFileError
-from services.common.config import ConfigError
 from services.common.context import KEY_ID_HEADER, SCOPES_HEADER, TENANT_HEADER
-from services.common.server import Service
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +88,3 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             key_id = decision.identity.key_id if decision.identity else ""
             log.info("denied %s: %s", http.path, decision.reason, extra={"key_id": key_id})
         return to_response(decision)
-
-
-def build(settings: AuthzSettings) -> Service:
-    store = KeyStore(settings.keys_file, settings.reload_interval_s, settings.redis_url, settings.revocation_set)
-    try:
-        store.load_file()
-    except KeysFileError as err:
-        raise ConfigError(str(err)) from None
-
-    return Service(
-        name="authz",
-        settings=settings,
-        service_names=[SERVICE_NAME],
-        register=lambda server: external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationServicer(settings, store), server),
-        warm_up=store.start,
-        close=store.close,
-    )

@@ -1,6 +1,6 @@
 from gateway.ratelimit.config import RateLimitSettings
-from gateway.ratelimit.service import build
+from gateway.ratelimit.app import build_service
 from services.common.server import main
 
 if __name__ == "__main__":
-    main("ratelimit", RateLimitSettings, build)
+    main("ratelimit", RateLimitSettings, build_service)

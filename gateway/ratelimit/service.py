@@ -16,9 +16,8 @@ from google.protobuf import duration_pb2
 from prometheus_client import Counter
 
 from gateway.ratelimit.config import UNIT_SECONDS, Limit, RateLimitSettings
-from gateway.ratelimit.counters import Count, Counters, Hit, MemoryCounters, RedisCounters
+from gateway.ratelimit.counters import Count, Counters, Hit
 from services.common.errors import Unavailable
-from services.common.server import Service
 
 log = logging.getLogger(__name__)
 
@@ -110,31 +109,3 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
                 return None
             raise Unavailable("rate limiting is unavailable, so requests are refused; retry shortly",
                               reason="RATELIMIT_STORE_UNAVAILABLE", retry_after_s=1.0) from None
-
-
-def build(settings: RateLimitSettings) -> Service:
-    counters: Counters
-    if settings.redis_url:
-        counters = RedisCounters(settings.redis_url, settings.redis_timeout_s)
-    else:
-        counters = MemoryCounters()
-        log.info("counters in process: limits hold per replica only; set redis_url for more than one")
-
-    async def warm_up() -> None:
-        # A Redis that is down at start is a store failure like any other; say so early.
-        if isinstance(counters, RedisCounters):
-            try:
-                await counters.ping()
-            except Exception as err:  # reported, then handled per request by failure_mode
-                log.warning("Redis not reachable at start (%s); failure_mode=%s applies",
-                            type(err).__name__, settings.failure_mode)
-
-    return Service(
-        name="ratelimit",
-        settings=settings,
-        service_names=[SERVICE_NAME],
-        register=lambda server: rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-            RateLimitServicer(settings, counters), server),
-        warm_up=warm_up,
-        close=counters.close,
-    )

@@ -67,7 +67,7 @@ def _record(number: int, verdict: str, score: float, findings: list[dict], reaso
 async def _scan_local(args: argparse.Namespace, source: IO[str], sink: IO[str]) -> int:
     from services.common.config import ConfigError, load
     from services.guardrails.config import GuardrailsSettings
-    from services.guardrails.service import build_guard, load_classifier, load_embedder
+    from services.guardrails.app import build_guard, load_classifier, load_embedder
 
     try:
         settings = load(GuardrailsSettings, "guardrails")

@@ -2,17 +2,17 @@
 
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
-from services.common.resilience import CircuitBreaker
+from services.common.resilience import Policy
 from services.common.server import Service
 from services.generation.config import GenerationSettings
 from services.generation.servicer import GenerationServicer
 from services.generation.triton import TritonGenerator
 
 
-def build(settings: GenerationSettings) -> Service:
-    triton = TritonGenerator(
-        settings.triton_url, retry_attempts=settings.retry_attempts, retry_base_s=settings.retry_base_s,
-        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s))
+def build_service(settings: GenerationSettings) -> Service:
+    triton = TritonGenerator(settings.triton_url, Policy(
+        breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s,
+        retry_attempts=settings.retry_attempts, retry_base_delay_s=settings.retry_base_s))
     servicer = GenerationServicer(settings, triton)
     return Service(
         name="generation",

@@ -11,9 +11,10 @@ import grpc
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from services.common.errors import ServiceError
+from services.common.resilience import Deadline
+from services.common.sampling import Sampling
 from services.generation import metrics
 from services.generation.config import GenerationSettings
-from services.common.sampling import Sampling
 from services.generation.triton import Chunk, TritonGenerator
 from services.generation.validation import Job, validate
 
@@ -47,12 +48,12 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         self._settings = settings
         self._triton = triton
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+    def _deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
         remaining = context.time_remaining()
-        timeout = self._settings.request_timeout_s if remaining is None else min(remaining, self._settings.request_timeout_s)
-        return asyncio.get_running_loop().time() + timeout
+        limit = self._settings.request_timeout_s
+        return Deadline(limit if remaining is None else min(remaining, limit))
 
-    async def _run(self, job: Job, progress: _Progress, deadline: float, stream: bool) -> AsyncIterator[str]:
+    async def _run(self, job: Job, progress: _Progress, deadline: Deadline, stream: bool) -> AsyncIterator[str]:
         """Yields text pieces and fills `progress`; records the GenAI metrics."""
         started = time.perf_counter()
         first_at: float | None = None
@@ -129,15 +130,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         The service stays NOT_SERVING until this returns, so nobody is routed to a
         replica whose Triton is down or whose models are not loaded.
         """
-        loop = asyncio.get_running_loop()
         for name, spec in self._settings.models.items():
             delay, attempt = 0.1, 0
             while True:
                 attempt += 1
                 try:
-                    deadline = loop.time() + self._settings.request_timeout_s
                     chunks = self._triton.generate(name, spec, self._settings.warm_up_prompt, _WARM_UP,
-                                                   stream=True, deadline=deadline)
+                                                   stream=True, deadline=Deadline(self._settings.request_timeout_s))
                     async with aclosing(chunks):
                         async for _ in chunks:
                             pass

@@ -7,7 +7,6 @@ All calls share one client, one channel, one HTTP/2 connection. A call per reque
 the call is how a gRPC client tells Triton to cancel the request.
 """
 
-import asyncio
 import codecs
 import logging
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from services.common.channels import CHANNEL_OPTIONS
 from services.common.context import REQUEST_ID_HEADER, request_id_var
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
-from services.common.resilience import CircuitBreaker, retry_delays
+from services.common.resilience import CircuitBreaker, Deadline, Incomplete, Observer, Policy, Upstream
 from services.common.sampling import Sampling
 from services.generation import metrics
 from services.generation.config import ModelSpec
@@ -43,10 +42,6 @@ class Chunk:
     input_tokens: int | None
     output_tokens: int | None
     model_version: str
-
-
-class TritonUnavailable(Exception):
-    """Triton could not be reached; safe to retry when no token was produced yet."""
 
 
 def _tensor(name: str, datatype: str, value: np.ndarray) -> InferInput:
@@ -92,15 +87,29 @@ def model_error(model: str, message: str) -> ServiceError:
     return InvalidArgument(f"model '{model}' rejected the request: {short}", reason="MODEL_REJECTED")
 
 
-class TritonGenerator:
-    """Runs generations on one Triton endpoint, with retries and a circuit breaker."""
+class _Metrics(Observer):
+    """Triton's breaker and retries in the generation service's metrics (retries by model)."""
 
-    def __init__(self, url: str, *, retry_attempts: int = 3, retry_base_s: float = 0.05,
-                 breaker: CircuitBreaker | None = None):
+    def __init__(self, model: str):
+        self._model = model
+
+    def breaker_state(self, state: str) -> None:
+        metrics.BREAKER_OPEN.set(int(state != CircuitBreaker.CLOSED))
+
+    def retried(self) -> None:
+        metrics.TRITON_RETRIES.labels(self._model).inc()
+
+
+class TritonGenerator:
+    """Runs generations on one Triton endpoint, with retries and one circuit breaker towards it."""
+
+    def __init__(self, url: str, policy: Policy = Policy()):
         self.url = url
-        self._retry_attempts = retry_attempts
-        self._retry_base_s = retry_base_s
-        self.breaker = breaker or CircuitBreaker()
+        self._policy = policy
+        self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_reset_s)
+        # One Upstream per model name (names are validated against the settings, so
+        # this stays bounded), all behind the endpoint's one breaker.
+        self._upstreams: dict[str, Upstream] = {}
         self._client: triton_aio.InferenceServerClient | None = None
 
     @property
@@ -115,42 +124,35 @@ class TritonGenerator:
             await self._client.close()
             self._client = None
 
+    def _upstream(self, name: str) -> Upstream:
+        if name not in self._upstreams:
+            self._upstreams[name] = Upstream("Triton", self._policy, observer=_Metrics(name), breaker=self.breaker,
+                                             errors=self._error)
+        return self._upstreams[name]
+
+    def _error(self, err: grpc.aio.AioRpcError, upstream: str) -> ServiceError:
+        """What our caller sees of a failed Triton call: our words, never Triton's internal text."""
+        if err.code() == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable("Triton is unavailable; retry later", reason="TRITON_UNAVAILABLE",
+                               retry_after_s=max(self.breaker.retry_after_s(), 1.0))
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded("Triton did not finish within the deadline")
+        log.warning("Triton call failed: %s %s", err.code().name, err.details())
+        return Unavailable("Triton failed the request; retry later", reason="TRITON_ERROR", retry_after_s=1.0)
+
     async def generate(self, name: str, spec: ModelSpec, prompt: str, sampling: Sampling, *,
-                       stream: bool, deadline: float) -> AsyncIterator[Chunk]:
+                       stream: bool, deadline: Deadline) -> AsyncIterator[Chunk]:
         """Yields Triton's responses until the final one.
 
-        `deadline` is a loop.time() instant. Unavailability is retried with backoff
-        until the first response only: after that, text has reached the caller and
-        a retry would repeat it.
+        Unavailability is retried with backoff until the first response only: after
+        that, text has reached the caller and a retry would repeat it.
         """
-        loop = asyncio.get_running_loop()
-        delays = retry_delays(self._retry_attempts, self._retry_base_s)
-        while True:
-            if not self.breaker.allow():
-                metrics.BREAKER_OPEN.set(1)
-                raise Unavailable("Triton is unavailable (circuit breaker open); retry later",
-                                  reason="TRITON_UNAVAILABLE", retry_after_s=max(self.breaker.retry_after_s(), 0.1))
-            started = False
-            try:
-                async for chunk in self._attempt(spec, prompt, sampling, stream, deadline - loop.time()):
-                    started = True
-                    yield chunk
-                return
-            except TritonUnavailable as err:
-                self.breaker.record_failure()
-                metrics.BREAKER_OPEN.set(int(self.breaker.state != CircuitBreaker.CLOSED))
-                delay = None if started else next(delays, None)
-                if delay is None or loop.time() + delay >= deadline:
-                    raise Unavailable("Triton is unavailable; retry later", reason="TRITON_UNAVAILABLE",
-                                      retry_after_s=max(self.breaker.retry_after_s(), 1.0)) from err
-                log.info("Triton unavailable (%s); retrying in %.3fs", err, delay)
-                metrics.TRITON_RETRIES.labels(name).inc()
-                await asyncio.sleep(delay)
+        async for chunk in self._upstream(name).stream(
+                lambda timeout_s: self._attempt(spec, prompt, sampling, stream, timeout_s), deadline):
+            yield chunk
 
     async def _attempt(self, spec: ModelSpec, prompt: str, sampling: Sampling, stream: bool,
                        timeout_s: float) -> AsyncIterator[Chunk]:
-        if timeout_s <= 0:
-            raise DeadlineExceeded("the deadline passed before Triton was called")
         request = {
             "model_name": spec.triton_model,
             "model_version": spec.version,
@@ -167,9 +169,7 @@ class TritonGenerator:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             async for result, error in responses:
-                # Any answer, an error response included, shows Triton is reachable.
-                self.breaker.record_success()
-                metrics.BREAKER_OPEN.set(0)
+                # An error response is an answer too: Triton is reachable, the request is wrong.
                 if error is not None:
                     raise model_error(spec.triton_model, error.message())
                 response = result.get_response()
@@ -186,15 +186,7 @@ class TritonGenerator:
                 )
                 if final:
                     return
-            raise Unavailable("Triton ended the stream without a final response", retry_after_s=1.0)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE:
-                raise TritonUnavailable(err.details()) from None
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded("Triton did not finish within the deadline") from None
-            log.warning("Triton call failed: %s %s", err.code().name, err.details())
-            raise Unavailable("Triton failed the request; retry later", reason="TRITON_ERROR",
-                              retry_after_s=1.0) from None
+            raise Incomplete
         finally:
             # Ending the call is how Triton learns that nobody waits for this
             # request any more (our caller left, or we are done); it then cancels it.

@@ -2,6 +2,6 @@
 
 from services.common.server import main
 from services.guardrails.config import GuardrailsSettings
-from services.guardrails.service import build_service
+from services.guardrails.app import build_service
 
 main("guardrails", GuardrailsSettings, build_service)

@@ -18,7 +18,7 @@ import numpy as np
 
 from services.guardrails.classifier import InjectionClassifier
 from services.guardrails.decoders import decoded_views
-from services.guardrails.normalize import normalize
+from services.guardrails.normalize import Normalized, normalize
 from services.guardrails.patterns import FAMILIES, match_families
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,18 @@ def language_switch(text: str) -> bool:
     return sum(count >= 2 for count in counts.values()) >= 2
 
 
+def _obfuscation(norm: Normalized) -> list[str]:
+    """Signs that the text hides its words from a plain reading."""
+    found = []
+    if norm.invisible_chars:
+        found.append(f"{norm.invisible_chars} invisible characters inside words")
+    if norm.mixed_script_words:
+        found.append(f"{norm.mixed_script_words} words mixing look-alike letters from other scripts")
+    if norm.spaced_letters >= SPACED_RUN_MIN:
+        found.append(f"{norm.spaced_letters} letters spaced out one by one")
+    return found
+
+
 def cheap_signals(text: str) -> CheapSignals:
     norm = normalize(text)
     signals = CheapSignals(normalised=norm.clean)
@@ -102,12 +114,7 @@ def cheap_signals(text: str) -> CheapSignals:
             if name not in plain:
                 signals.hidden.setdefault(name, f"{decoded.encoding}-encoded")
 
-    if norm.invisible_chars:
-        signals.obfuscation.append(f"{norm.invisible_chars} invisible characters inside words")
-    if norm.mixed_script_words:
-        signals.obfuscation.append(f"{norm.mixed_script_words} words mixing look-alike letters from other scripts")
-    if norm.spaced_letters >= SPACED_RUN_MIN:
-        signals.obfuscation.append(f"{norm.spaced_letters} letters spaced out one by one")
+    signals.obfuscation.extend(_obfuscation(norm))
     signals.language_switch = language_switch(norm.clean)
 
     keep = 1.0

@@ -76,16 +76,16 @@ INSTRUCTION_OVERRIDE = Family(
     patterns=_compile(
         # English: "ignore all previous instructions", "forget about all the assignments"
         rf"\b{_OVERRIDE_VERBS_EN}\b{_GAP}{_PRIOR}\b{_GAP}{_OBJECTS_EN}\b",
-        rf"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|"
-        rf"prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
-        rf"told|discussed))",
+        r"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|"
+        r"prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
+        r"told|discussed))",
         r"\b(?:ignore|disregard)\s*(?:the\s*)?above\b",
         r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|"
         r"say|tell|print|output|jsut|answer|respond|reply|repeat)\b",
         rf"\b(?:despite|regardless\s*of|contrary\s*to)\s*(?:what|anything|everything)\s*"
         rf"(?:you(?:'ve|\s*have)?\s*(?:been|"
         rf"were)\s*told|(?:your|the)\s*{_OBJECTS_EN})",
-        rf"\b(?:your|the)\s*(?:new\s*)?instructions\s*(?:are|is)\s*now\b",
+        r"\b(?:your|the)\s*(?:new\s*)?instructions\s*(?:are|is)\s*now\b",
         r"\bchange\s*your\s*(?:instructions|rules|programming)\b",
         r"\bnew\s*(?:instructions|rules)\s*:",
         # German

@@ -52,7 +52,7 @@ def build_components(settings: RetrievalSettings, embedder: TextEmbedder,
     )
 
 
-def create(settings: RetrievalSettings, embedder: TextEmbedder | None = None) -> Service:
+def build_service(settings: RetrievalSettings, embedder: TextEmbedder | None = None) -> Service:
     """The service; `embedder` replaces the in-process all-MiniLM-L6-v2 (e.g. a Triton client)."""
     servicer = RetrievalServicer(settings)
     components: list[Components] = []

@@ -4,7 +4,7 @@ The service only calls `embed`, reads `tokenizer` (chunking must count the same
 tokens the model sees) and `max_tokens`, and names the model by `MODEL_NAME` and
 `DIMENSION` in each collection's metadata. `services.embedding.embedder.Embedder`
 (all-MiniLM-L6-v2 in-process) is the default; a client of a Triton-served model
-with the same five members drops in through `app.create(settings, embedder=...)`.
+with the same five members drops in through `app.build_service(settings, embedder=...)`.
 Collections remember which model embedded them, and a mismatch is refused
 (FAILED_PRECONDITION) instead of mixing vector spaces.
 """

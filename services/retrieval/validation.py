@@ -39,26 +39,31 @@ def documents(docs: Sequence[retrieval_pb2.Document], settings: RetrievalSetting
         if doc.id in seen:
             raise InvalidArgument(f"{where}.id {doc.id!r} appears twice in this request", field=f"{where}.id")
         seen.add(doc.id)
-        if len(doc.text) > settings.max_document_chars:
-            raise InvalidArgument(
-                f"{where}.text has {len(doc.text)} characters; the limit is {settings.max_document_chars} "
-                "(split the document, or raise retrieval.max_document_chars)",
-                field=f"{where}.text", reason="DOCUMENT_TOO_LARGE")
-        if not doc.text.strip():
-            raise InvalidArgument(f"{where}.text is empty or whitespace", field=f"{where}.text")
-        if len(doc.title) > settings.max_metadata_value_chars:
-            raise InvalidArgument(f"{where}.title is longer than {settings.max_metadata_value_chars} characters",
-                                  field=f"{where}.title")
-        if len(doc.metadata) > settings.max_metadata_entries:
-            raise InvalidArgument(f"{where}.metadata has {len(doc.metadata)} keys; the limit is "
-                                  f"{settings.max_metadata_entries}", field=f"{where}.metadata")
-        for key, value in doc.metadata.items():
-            if not METADATA_KEY_RE.match(key):
-                raise InvalidArgument(f"{where}.metadata key {key[:80]!r} must be 1 to 64 letters, digits, '-' or '_'",
-                                      field=f"{where}.metadata")
-            if len(value) > settings.max_metadata_value_chars:
-                raise InvalidArgument(f"{where}.metadata[{key}] is longer than {settings.max_metadata_value_chars} "
-                                      "characters", field=f"{where}.metadata")
+        _document_content(doc, where, settings)
+
+
+def _document_content(doc: retrieval_pb2.Document, where: str, settings: RetrievalSettings) -> None:
+    """Text, title and metadata of one document."""
+    if len(doc.text) > settings.max_document_chars:
+        raise InvalidArgument(
+            f"{where}.text has {len(doc.text)} characters; the limit is {settings.max_document_chars} "
+            "(split the document, or raise retrieval.max_document_chars)",
+            field=f"{where}.text", reason="DOCUMENT_TOO_LARGE")
+    if not doc.text.strip():
+        raise InvalidArgument(f"{where}.text is empty or whitespace", field=f"{where}.text")
+    if len(doc.title) > settings.max_metadata_value_chars:
+        raise InvalidArgument(f"{where}.title is longer than {settings.max_metadata_value_chars} characters",
+                              field=f"{where}.title")
+    if len(doc.metadata) > settings.max_metadata_entries:
+        raise InvalidArgument(f"{where}.metadata has {len(doc.metadata)} keys; the limit is "
+                              f"{settings.max_metadata_entries}", field=f"{where}.metadata")
+    for key, value in doc.metadata.items():
+        if not METADATA_KEY_RE.match(key):
+            raise InvalidArgument(f"{where}.metadata key {key[:80]!r} must be 1 to 64 letters, digits, '-' or '_'",
+                                  field=f"{where}.metadata")
+        if len(value) > settings.max_metadata_value_chars:
+            raise InvalidArgument(f"{where}.metadata[{key}] is longer than {settings.max_metadata_value_chars} "
+                                  "characters", field=f"{where}.metadata")
 
 
 def document_ids(ids: Sequence[str], settings: RetrievalSettings) -> None:

@@ -1,5 +1,7 @@
-from services.common.server import main
-from services.router.config import RouterSettings
-from services.router.app import create
+"""`python -m services.router`: the router, the suite's InferenceService (section `router`)."""
 
-main("router", RouterSettings, create)
+from services.common.server import main
+from services.router.app import build_service
+from services.router.config import RouterSettings
+
+main("router", RouterSettings, build_service)

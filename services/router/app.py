@@ -36,7 +36,7 @@ EDGE_SERVICES = [
 _MEMORY_SEMANTIC_SCOPES = 64
 
 
-def create(settings: RouterSettings) -> Service:
+def build_service(settings: RouterSettings) -> Service:
     generation = GenerationClient(settings)
     guardrails = GuardrailsClient(settings) if settings.guardrails_url else None
     retrieval = RetrievalClient(settings) if settings.retrieval_url else None

@@ -16,7 +16,7 @@ A hit also needs the lexical guards of similarity.py to pass: embeddings rate
 "capital of France" and "capital of Spain", or "install" and "uninstall", as
 close, and the guards keep such near-misses from being answered with the wrong text.
 
-What the pipeline never stores (see servicer.py): blocked or filtered answers,
+What the pipeline never stores (see caching.py): blocked or filtered answers,
 answers to redacted input, degraded answers, and answers sampled with
 temperature > 0 unless the tenant allows it.
 """

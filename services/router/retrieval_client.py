@@ -5,8 +5,9 @@ from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 from services.common.channels import insecure_channel
 from services.common.context import outgoing_metadata
+from services.common.resilience import Deadline
 from services.router.config import RouterSettings
-from services.router.upstream import Deadline, Upstream
+from services.router.upstream import upstream_for
 
 
 class RetrievalClient:
@@ -14,14 +15,14 @@ class RetrievalClient:
         self._channel = insecure_channel(settings.retrieval_url)
         self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
         self._cap = settings.retrieval_timeout_s
-        self.upstream = Upstream("retrieval", settings)
+        self.upstream = upstream_for("retrieval", settings)
 
     async def embed(self, text: str, deadline: Deadline) -> np.ndarray:
         """The L2-normalised embedding of text."""
-        async def run(timeout: float):
-            return await self._stub.Embed(retrieval_pb2.EmbedRequest(texts=[text]), timeout=timeout,
-                                          metadata=outgoing_metadata())
-        reply = await self.upstream.call(run, deadline, self._cap)
+        request = retrieval_pb2.EmbedRequest(texts=[text])
+        reply = await self.upstream.call(
+            lambda timeout: self._stub.Embed(request, timeout=timeout, metadata=outgoing_metadata()),
+            deadline, self._cap)
         return np.asarray(reply.embeddings[0].values, dtype=np.float32)
 
     async def search(self, collection: str, query: str, top_k: int, score_threshold: float | None,
@@ -35,10 +36,9 @@ class RetrievalClient:
             request.score_threshold = score_threshold
         if vector is not None:
             request.query_vector.extend(vector.tolist())
-
-        async def run(timeout: float):
-            return await self._stub.Search(request, timeout=timeout, metadata=outgoing_metadata())
-        reply = await self.upstream.call(run, deadline, self._cap)
+        reply = await self.upstream.call(
+            lambda timeout: self._stub.Search(request, timeout=timeout, metadata=outgoing_metadata()),
+            deadline, self._cap)
         return list(reply.hits)
 
     async def close(self) -> None:

@@ -35,7 +35,8 @@ def compose_config(profile: str, env: dict[str, str] | None = None) -> subproces
                           capture_output=True, text=True, env=environ, timeout=60)
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+# docker-compose renders the file: every test reading it starts that process.
+@pytest.fixture(scope="module", params=[pytest.param(p, marks=pytest.mark.integration) for p in ("cpu", "gpu")])
 def config(request) -> dict:
     result = compose_config(request.param, {"GRAFANA_ADMIN_PASSWORD": "test-only"})
     assert result.returncode == 0, result.stderr
@@ -81,6 +82,7 @@ def test_every_component_is_there(services):
     assert set(services) == EXPECTED_SERVICES
 
 
+@pytest.mark.integration
 def test_grafana_needs_an_admin_password():
     result = compose_config("cpu")
     assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
@@ -183,7 +185,8 @@ def test_envoy_upstreams_are_compose_services(services):
                 continue  # the admin interface, inside Envoy's own container
             service = services[names[address["address"]]]
             assert str(address["port_value"]) in set(map(str, service["expose"])), cluster["name"]
-    listeners = {l["name"]: l["address"]["socket_address"]["port_value"] for l in config["static_resources"]["listeners"]}
+    listeners = {item["name"]: item["address"]["socket_address"]["port_value"]
+                 for item in config["static_resources"]["listeners"]}
     assert listeners == {"edge": ENVOY_PORT, "stats": ENVOY_STATS_PORT}
 
 
@@ -192,6 +195,7 @@ def test_generated_envoy_configs_are_current():
         assert path.read_text() == text, f"{path.relative_to(REPO)} is stale: run python -m gateway.deployments"
 
 
+@pytest.mark.integration
 def test_compose_envoy_config_is_accepted_by_envoy(tmp_path):
     text = (COMPOSE / "envoy.yaml").read_text().replace(deployments.DESCRIPTOR_SET, str(descriptor_set(tmp_path)))
     path = tmp_path / "envoy.yaml"
@@ -239,6 +243,7 @@ def test_dockerfiles_pin_bases_run_unprivileged_and_check_health(dockerfile):
             f"{source} is excluded from the build context"
 
 
+@pytest.mark.integration
 def test_integration_script_is_valid_bash():
     script = COMPOSE / "integration-test.sh"
     assert os.access(script, os.X_OK)

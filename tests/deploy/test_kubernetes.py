@@ -28,7 +28,8 @@ def kustomize(overlay: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
+# kubectl renders the overlays: every test reading them starts that process.
+@pytest.fixture(scope="module", params=[pytest.param(p, marks=pytest.mark.integration) for p in ("cpu", "gpu")])
 def overlay(request) -> tuple[str, list[dict]]:
     return request.param, kustomize(request.param)
 

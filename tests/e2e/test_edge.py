@@ -26,6 +26,8 @@ from tests.harness import (
     start_service,
 )
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def inference(edge_channel):

@@ -50,6 +50,7 @@ def test_readme_lists_grpcurl_for_every_service():
         assert re.search(rf"llmsuite\.{service}\.v1\.\w+Service/\w+", examples), f"no call of {service}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", grpcurl_examples())
 def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
     result = run_verbatim(command, stack, shell_env)

@@ -14,6 +14,8 @@ from gateway.keys import add_key, revoke_key
 from tests.gateway.procs import start_gateway_service
 from tests.harness import ServiceProcess, free_port, service_env
 
+pytestmark = pytest.mark.integration
+
 INFER = "/llmsuite.inference.v1.InferenceService/Generate"
 # The promise; the replicas poll every 0.25 s, so this holds with margin.
 REVOCATION_DEADLINE_S = 1.0

@@ -33,6 +33,8 @@ from tests.gateway.procs import (
 )
 from tests.harness import assert_grpc_error, free_port
 
+pytestmark = pytest.mark.integration
+
 RATE_LIMIT = 20
 LIMITS = {"limits": [
     {"descriptor": "key", "requests_per_unit": 1000, "unit": "minute", "overrides": {"limited": RATE_LIMIT}},

@@ -15,6 +15,8 @@ from tests.gateway.procs import descriptor_set, placeholder_upstreams, start_env
 from tests.harness import assert_grpc_error, free_port, start_service
 from tests.stack_fixtures import start_generation, start_triton
 
+pytestmark = pytest.mark.integration
+
 LIMIT = 6
 LIMITS = {"limits": [{"descriptor": "key", "requests_per_unit": LIMIT, "unit": "hour"}]}
 SAMPLING = inference_pb2.SamplingParams(max_tokens=8)

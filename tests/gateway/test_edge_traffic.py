@@ -15,6 +15,8 @@ from gateway.render import EnvoyParams, LocalRateLimit
 from tests.gateway.procs import placeholder_upstreams, start_envoy, start_upstream
 from tests.harness import free_port
 
+pytestmark = pytest.mark.integration
+
 WORKERS = 6
 
 

@@ -117,6 +117,7 @@ def two_replicas(tmp_path_factory, redis_url):
             process.stop()
 
 
+@pytest.mark.integration
 def test_a_limit_holds_exactly_across_two_replicas_under_concurrency(two_replicas):
     # 60 concurrent requests, alternating replicas, against a limit of 25 per hour.
     with ThreadPoolExecutor(12) as pool:
@@ -127,6 +128,7 @@ def test_a_limit_holds_exactly_across_two_replicas_under_concurrency(two_replica
     assert remaining == list(range(25)), "every allowed request saw a distinct count"
 
 
+@pytest.mark.integration
 def test_store_down_fails_open_or_closed_as_configured(tmp_path):
     redis_process, url = start_redis(tmp_path, "redis-doomed")
     started = []

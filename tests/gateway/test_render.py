@@ -25,7 +25,7 @@ FULL_ORDER = [
 
 
 def edge_listener(config: dict) -> dict:
-    listener = next(l for l in config["static_resources"]["listeners"] if l["name"] == "edge")
+    listener = next(item for item in config["static_resources"]["listeners"] if item["name"] == "edge")
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
@@ -52,6 +52,7 @@ def test_client_streaming_methods_match_the_protos():
     assert {path for path, *_ in STREAMING_REQUEST_METHODS} == streaming
 
 
+@pytest.mark.integration
 def test_full_edge_filter_order_and_envoy_accepts_it(tmp_path):
     text = render(full_params(tmp_path))
     config = yaml.safe_load(text)

@@ -46,7 +46,7 @@ class EchoInference(inference_pb2_grpc.InferenceServiceServicer):
         yield inference_pb2.GenerateStreamResponse(final=self._answer(request))
 
 
-def build(settings: UpstreamSettings) -> Service:
+def build_service(settings: UpstreamSettings) -> Service:
     return Service(
         name="upstream", settings=settings,
         service_names=[inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name],
@@ -56,4 +56,4 @@ def build(settings: UpstreamSettings) -> Service:
 
 
 if __name__ == "__main__":
-    main("upstream", UpstreamSettings, build)
+    main("upstream", UpstreamSettings, build_service)

@@ -103,7 +103,7 @@ def test_the_fast_classifier_is_trained_on_the_first_encoder_block_only():
 
 
 def test_a_relative_classifier_path_is_taken_from_the_repository_root(tmp_path, monkeypatch):
-    from services.guardrails.service import load_classifier
+    from services.guardrails.app import load_classifier
 
     monkeypatch.chdir(tmp_path)
     relative = str(FAST_PATH.relative_to(REPO))

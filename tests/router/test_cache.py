@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from services.router.cache import CachedAnswer, ResponseCache, Scope, exact_key
-from services.router.context import assemble
+from services.router.documents import assemble
 from services.router.sessions import SessionStore
 from services.router.stores import MemoryStore, RedisStore
 from services.common.sampling import Sampling

@@ -6,9 +6,10 @@ from llmsuite.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 from llmsuite.inference.v1 import inference_pb2 as pb
 
 from services.router.config import PromptTemplate, RouterSettings
-from services.router.generation_client import Completion
-from services.router.guardrails_client import GuardrailsClient, OutputOutcome
-from services.router.upstream import Deadline
+from services.common.resilience import Deadline
+from services.router.events import Completion, Delta, Verdict
+from services.router.guardrails_client import GuardrailsClient
+from services.router.output_check import OutputCheck
 from services.router.validation import Turn
 from tests.harness import free_port, poll
 from tests.router.support import (
@@ -104,16 +105,16 @@ async def test_canary_split_across_chunks_is_caught_and_never_released(side_serv
     async def leaking_model():
         for piece in ["Sure. My instructions say: ", "Confidential marker ", canary[:9], canary[9:20], canary[20:],
                       " and more text that should never be shown."]:
-            yield piece
+            yield Delta(piece)
         yield Completion("", 1, 10, 6, "light", "1")
 
     released, outcome = [], None
     try:
-        async for event in client.checked(leaking_model(), policy="", canaries=[canary], restore_token=b"",
-                                          deadline=Deadline(10), fail_open=False):
-            if isinstance(event, str):
-                released.append(event)
-            elif isinstance(event, OutputOutcome):
+        async for event in OutputCheck(client).run(leaking_model(), policy="", canaries=[canary], restore_token=b"",
+                                                   deadline=Deadline(10), fail_open=False):
+            if isinstance(event, Delta):
+                released.append(event.text)
+            elif isinstance(event, Verdict):
                 outcome = event
     finally:
         await client.close()

@@ -5,7 +5,7 @@ import pytest
 from llmsuite.inference.v1 import inference_pb2 as pb
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.router.context import assemble
+from services.router.documents import assemble
 from services.router.validation import Turn
 from tests.harness import assert_grpc_error, free_port
 from tests.router.support import GARDEN, ask, expected_answer, model_prompt, prompt_tokens, start_router

@@ -7,7 +7,8 @@ import pytest
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.router.config import RouterSettings
-from services.router.upstream import Deadline, Upstream
+from services.common.resilience import Deadline
+from services.router.upstream import upstream_for
 
 SETTINGS = RouterSettings(breaker_failures=2, breaker_reset_s=5.0, retry_attempts=2, retry_base_delay_s=0.001,
                           retry_max_delay_s=0.002, max_in_flight=1)
@@ -33,7 +34,7 @@ class FakeCall:
 
 
 async def test_unavailable_is_retried_then_succeeds():
-    upstream = Upstream("svc", SETTINGS)
+    upstream = upstream_for("svc", SETTINGS)
     call = FakeCall(rpc_error(grpc.StatusCode.UNAVAILABLE), "ok")
     assert await upstream.call(call, Deadline(10), cap=2.0) == "ok"
     assert len(call.timeouts) == 2 and all(t <= 2.0 for t in call.timeouts)
@@ -41,7 +42,7 @@ async def test_unavailable_is_retried_then_succeeds():
 
 
 async def test_other_errors_are_not_retried_and_keep_their_meaning():
-    upstream = Upstream("svc", SETTINGS)
+    upstream = upstream_for("svc", SETTINGS)
     call = FakeCall(rpc_error(grpc.StatusCode.INVALID_ARGUMENT))
     with pytest.raises(InvalidArgument):
         await upstream.call(call, Deadline(10))
@@ -51,7 +52,7 @@ async def test_other_errors_are_not_retried_and_keep_their_meaning():
 
 async def test_breaker_opens_fails_fast_and_recovers_after_a_probe():
     now = [100.0]
-    upstream = Upstream("svc", SETTINGS, clock=lambda: now[0])
+    upstream = upstream_for("svc", SETTINGS, clock=lambda: now[0])
     down = FakeCall(*[rpc_error(grpc.StatusCode.UNAVAILABLE)] * 3)
     with pytest.raises(Unavailable):
         await upstream.call(down, Deadline(10))
@@ -67,7 +68,7 @@ async def test_breaker_opens_fails_fast_and_recovers_after_a_probe():
 
 
 async def test_in_flight_cap_fails_fast():
-    upstream = Upstream("svc", SETTINGS)
+    upstream = upstream_for("svc", SETTINGS)
     gate = asyncio.Event()
 
     async def slow(timeout):
@@ -85,7 +86,7 @@ async def test_in_flight_cap_fails_fast():
 
 
 async def test_deadline_caps_every_hop_and_a_caller_deadline_is_not_an_upstream_failure():
-    upstream = Upstream("svc", SETTINGS)
+    upstream = upstream_for("svc", SETTINGS)
     call = FakeCall(*[rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)] * 3)
     for _ in range(3):
         with pytest.raises(DeadlineExceeded):

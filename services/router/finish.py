@@ -1,0 +1,82 @@
+"""Stage 5, finish: the one exit of every answer (cache hit, model answer, cached fallback).
+
+Releases what the caller has not received yet (a cached answer's text, on a stream),
+offers a fresh answer to the cache, adds the session turn, accounts usage, cost and
+overhead, and builds the final message.
+"""
+
+import logging
+import time
+from typing import AsyncIterator
+
+from llmsuite.inference.v1 import inference_pb2
+
+from services.common.context import request_id_var
+from services.router.caching import Caching
+from services.router.config import RouterSettings
+from services.router.events import Answer, Delta, Final
+from services.router.metrics import ANSWERS, COST, OVERHEAD, TOKENS
+from services.router.pricing import cost_usd
+from services.router.sessions import SessionStore
+from services.router.state import TIER_NAMES, RequestState
+from services.router.validation import Turn
+
+log = logging.getLogger(__name__)
+
+
+class Finish:
+    def __init__(self, settings: RouterSettings, caching: Caching, sessions: SessionStore):
+        self._settings = settings
+        self._caching = caching
+        self._sessions = sessions
+
+    async def finish(self, state: RequestState, answer: Answer) -> AsyncIterator[Delta | Final]:
+        """Yields the text the caller has not received yet (streaming only), then the Final message."""
+        if state.streaming and answer.from_cache and answer.text:
+            yield Delta(answer.text)
+        if answer.fresh is not None:
+            await self._caching.store(state, answer)
+        if state.request.session_id and (answer.fresh is not None or answer.from_cache):
+            await self._remember(state, answer.text)
+        cost = self._account(answer)
+        overhead_s = max(time.perf_counter() - state.started - answer.generation_s, 0.0)
+        OVERHEAD.observe(overhead_s)
+        report = state.report
+        log.info("answered", extra={"model": answer.model, "tier": TIER_NAMES[answer.tier],
+                                    "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
+                                    "degraded": report.degraded,
+                                    "cache": inference_pb2.CacheStatus.Name(answer.cache_status)})
+        yield Final(inference_pb2.GenerateResponse(
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            usage=inference_pb2.Usage(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
+                                      total_tokens=answer.input_tokens + answer.output_tokens),
+            cost_usd=cost,
+            tier=answer.tier,
+            model=answer.model,
+            model_version=answer.model_version,
+            cache_status=answer.cache_status,
+            # A cached answer's sources are not kept with it.
+            sources=[] if answer.from_cache else report.sources,
+            guardrail_findings=report.findings,
+            degraded=bool(report.degraded),
+            degraded_reasons=report.degraded,
+            request_id=request_id_var.get(),
+            overhead_ms=overhead_s * 1000,
+            session_id=state.request.session_id or "",
+        ))
+
+    def _account(self, answer: Answer) -> float:
+        """Counts the answer, its tokens and its cost (nothing was generated for a cached one)."""
+        ANSWERS.labels(TIER_NAMES[answer.tier], answer.model).inc()
+        if answer.from_cache:
+            return 0.0
+        cost = cost_usd(self._settings.prices, answer.model, answer.input_tokens, answer.output_tokens)
+        COST.labels(answer.model).inc(cost)
+        TOKENS.labels(answer.model, "input").inc(answer.input_tokens)
+        TOKENS.labels(answer.model, "output").inc(answer.output_tokens)
+        return cost
+
+    async def _remember(self, state: RequestState, text: str) -> None:
+        new = [turn for turn in state.checked.turns if turn.role != "system"]
+        await self._sessions.append(state.tenant_id, state.request.session_id, [*new, Turn("assistant", text)])
