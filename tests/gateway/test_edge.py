@@ -288,3 +288,79 @@ def test_access_log_records_request_id_tenant_and_status(edge, channel):
     edge["envoy"].wait_until(lambda: logged() is not None, "access log line", timeout=10)
     entry = logged()
     assert entry["tenant"] == "acme" and entry["key_id"] == "caller" and entry["grpc_status"] == 0
+
+
+def curl(edge, method: str, body: dict, key: str) -> tuple[int, str]:
+    """POSTs JSON with curl, as a user of the HTTP API would; returns (status, body)."""
+    result = subprocess.run(
+        ["curl", "-sS", "-N", "-o", "-", "-w", "\n%{http_code}",
+         f"http://{edge['address']}/llmsuite.inference.v1.InferenceService/{method}",
+         "-H", f"x-api-key: {key}", "-H", "content-type: application/json", "-d", json.dumps(body)],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    text, _, status = result.stdout.rpartition("\n")
+    return int(status), text
+
+
+def sse_events(body: str) -> list[dict]:
+    return [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def details_by_type(status: dict) -> dict[str, dict]:
+    return {detail["@type"].rsplit(".", 1)[-1]: detail for detail in status["details"]}
+
+
+def test_json_errors_carry_code_message_and_details(edge):
+    status, body = curl(edge, "Generate", {"prompt": "fail:INVALID_ARGUMENT"}, edge["keys"]["json"])
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error["message"] == "the test upstream refuses this prompt"
+    details = details_by_type(error)
+    assert details["ErrorInfo"]["reason"] == "TEST_REFUSED"
+    assert details["BadRequest"]["fieldViolations"][0]["field"] == "prompt"
+
+
+def test_a_stream_failing_before_its_first_message_is_an_http_error(edge):
+    status, body = curl(edge, "GenerateStream", {"prompt": "fail:UNAVAILABLE"}, edge["keys"]["json"])
+    assert status == 503, body
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert details_by_type(error)["RetryInfo"]["retryDelay"] == "2s"
+
+
+def test_a_stream_failing_midway_ends_with_an_error_event(edge):
+    status, body = curl(edge, "GenerateStream", {"prompt": "fail-after:2:UNAVAILABLE"}, edge["keys"]["json"])
+    assert status == 200, body
+    events = sse_events(body)
+    assert [e["textDelta"] for e in events[:2]] == ["part 0 ", "part 1 "]
+    assert len(events) == 3 and "final" not in events[-1]
+    error = events[-1]["error"]
+    assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0] and error["message"] == "the test upstream is unavailable"
+    assert details_by_type(error)["ErrorInfo"]["reason"] == "TEST_UNAVAILABLE"
+
+
+def test_grpc_callers_of_a_failing_stream_get_its_status_not_an_error_message(edge, channel):
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    stream = stub.GenerateStream(inference_pb2.GenerateStreamRequest(prompt="fail-after:2:UNAVAILABLE"),
+                                 metadata=auth(edge["keys"]["caller"]), timeout=10)
+    received = []
+    with pytest.raises(grpc.RpcError) as err:
+        for message in stream:
+            received.append(message)
+    assert [m.text_delta for m in received] == ["part 0 ", "part 1 "]
+    assert not any(m.HasField("error") for m in received)
+    assert_grpc_error(err.value, grpc.StatusCode.UNAVAILABLE, "the test upstream is unavailable")
+
+
+def test_a_client_cannot_claim_to_be_the_transcoder(edge, channel):
+    """x-envoy-original-path marks transcoded calls; a gRPC client's copy is stripped."""
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    metadata = (*auth(edge["keys"]["caller"]), ("x-envoy-original-path", "/forged"))
+    stream = stub.GenerateStream(inference_pb2.GenerateStreamRequest(prompt="fail-after:1:UNAVAILABLE"),
+                                 metadata=metadata, timeout=10)
+    received = []
+    with pytest.raises(grpc.RpcError):
+        for message in stream:
+            received.append(message)
+    assert [m.HasField("error") for m in received] == [False]
