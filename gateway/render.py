@@ -96,6 +96,14 @@ class EnvoyParams:
     stats_port: int | None = None
     local_rate_limit: LocalRateLimit = field(default_factory=LocalRateLimit)
     max_request_bytes: int = 4 * 1024 * 1024
+    # Request headers a caller may send; below the services' gRPC metadata limit
+    # (services/common/server.py). The codec's hard bound is three times this.
+    max_request_headers_kb: int = 32
+    request_headers_timeout: str = "10s"
+    # A stream quiet this long is reset: as long as the longest route timeout.
+    stream_idle_timeout: str = "120s"
+    # A connection without requests is closed after this.
+    idle_timeout: str = "60s"
     max_connections: int = 10_000
     max_heap_bytes: int = 1024 * 1024 * 1024
 
@@ -130,6 +138,10 @@ def render(params: EnvoyParams) -> str:
         stats_port=params.stats_port,
         local_rate_limit=params.local_rate_limit,
         max_request_bytes=params.max_request_bytes,
+        max_request_headers_kb=params.max_request_headers_kb,
+        request_headers_timeout=params.request_headers_timeout,
+        stream_idle_timeout=params.stream_idle_timeout,
+        idle_timeout=params.idle_timeout,
         max_connections=params.max_connections,
         max_heap_bytes=params.max_heap_bytes,
         streaming_request_routes=[{"path": p, "cluster": c, "timeout": t, "max_duration": d}

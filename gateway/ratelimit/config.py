@@ -38,6 +38,8 @@ DEFAULT_LIMITS = (
     Limit(descriptor="key", requests_per_unit=600, unit="minute"),
     Limit(descriptor="tenant", requests_per_unit=3000, unit="minute"),
     Limit(descriptor="remote_address", requests_per_unit=1200, unit="minute"),
+    # New connections per client IP (Envoy's network rate-limit filter).
+    Limit(descriptor="connection_address", requests_per_unit=600, unit="minute"),
 )
 
 

@@ -24,6 +24,8 @@ from services.common.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
+MAX_METADATA_BYTES = 64 * 1024
+
 
 async def _nothing() -> None:
     return None
@@ -51,6 +53,12 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Above the edge's header limit (Envoy's max_request_headers_kb, 32 KiB) plus
+        # what Envoy adds, so whatever the edge lets through is accepted here: gRPC
+        # answers oversized metadata with RESOURCE_EXHAUSTED, which callers would
+        # read as a rate limit (HTTP 429).
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         # Without this, a second process can bind the same port on Linux and
         # silently take half the traffic; a clash must fail loudly instead.
         ("grpc.so_reuseport", 0),
