@@ -18,7 +18,9 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from gateway.keys import add_key
@@ -224,7 +226,7 @@ def test_a_key_limit_is_exact_across_two_limiters_and_two_upstreams(edge, channe
             seen, _ = generate(channel, auth(key))
             return "ok", seen["replica"], {}
         except grpc.RpcError as err:
-            return err.code(), err.details(), dict(err.trailing_metadata() or ()) | dict(err.initial_metadata() or ())
+            return err.code(), err, dict(err.trailing_metadata() or ()) | dict(err.initial_metadata() or ())
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, range(RATE_LIMIT + 12)))
@@ -233,10 +235,21 @@ def test_a_key_limit_is_exact_across_two_limiters_and_two_upstreams(edge, channe
     assert len(ok) == RATE_LIMIT and len(limited) == 12, results
     assert {replica for _, replica, _ in ok} == {"up-a", "up-b"}, "both upstream replicas served"
     assert all(counted_decisions(port) > 0 for port in edge["rl_metrics"]), "both limiters were asked"
-    _, details, headers = limited[0]
-    assert f"{RATE_LIMIT} requests per minute for key 'limited'" in details
+    _, err, headers = limited[0]
+    assert f"{RATE_LIMIT} requests per minute for key 'limited'" in err.details()
     assert headers.get("x-ratelimit-limit", "").startswith(str(RATE_LIMIT))
     assert headers.get("x-ratelimit-remaining") == "0" and int(headers["retry-after"]) >= 1
+    # gRPC callers read when to retry from RetryInfo, and which quota from QuotaFailure.
+    status = rpc_status.from_call(err)
+    details = {}
+    for any_detail in status.details:
+        for kind in (error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure, error_details_pb2.ErrorInfo):
+            if any_detail.Is(kind.DESCRIPTOR):
+                details[kind.__name__] = kind()
+                any_detail.Unpack(details[kind.__name__])
+    assert details["RetryInfo"].retry_delay.seconds == int(headers["retry-after"])
+    assert details["QuotaFailure"].violations[0].subject == "key:limited"
+    assert details["ErrorInfo"].reason == "RATE_LIMITED"
     # Another key of the same tenant is not affected.
     assert generate(channel, auth(edge["keys"]["caller"]))[0]["key_id"] == "caller"
 
