@@ -120,6 +120,32 @@ def test_health_checks_and_start_order(services):
     assert services["generation-gpu"]["depends_on"] == {"triton-gpu": {"condition": "service_healthy"}}
 
 
+def test_restart_policies_bring_crashed_services_back(services):
+    """Docker restarts a container whose process exits (a crash, an OOM kill); the
+    one-shot key setup runs once. A hung but running process is marked unhealthy and
+    Envoy's health checks route around it (Docker does not restart it)."""
+    for name, service in services.items():
+        assert service.get("restart") == ("no" if name in ONE_SHOT else "unless-stopped"), name
+
+
+def test_every_health_check_is_bounded(services):
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        check = service["healthcheck"]
+        assert {"interval", "timeout", "retries"} <= set(check), name
+        assert int(check["retries"]) >= 1
+
+
+def test_redis_keeps_its_append_only_file_on_a_volume(config, services):
+    redis = services["redis"]
+    args = redis["command"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data = args[args.index("--dir") + 1]
+    assert {"source": "redis-data", "target": data, "read_only": False} in volumes_of(redis)
+    assert "redis-data" in config["volumes"]
+
+
 def test_profiles_pick_the_triton_flavour(services):
     assert services["triton"]["profiles"] == ["cpu"] and services["generation"]["profiles"] == ["cpu"]
     assert services["triton-gpu"]["profiles"] == ["gpu"] and services["generation-gpu"]["profiles"] == ["gpu"]
@@ -151,7 +177,7 @@ def test_images_are_pinned(services):
 
 
 def test_volumes_the_code_expects(config, services):
-    assert set(config["volumes"]) >= {"gateway-keys", "qdrant-data", "prometheus-data", "grafana-data"}
+    assert set(config["volumes"]) >= {"gateway-keys", "qdrant-data", "prometheus-data", "grafana-data", "redis-data"}
     keys_mount = next(v for v in volumes_of(services["authz"]) if v["source"] == "gateway-keys")
     assert env_of(services["authz"])["LLMSUITE_AUTHZ_KEYS_FILE"].startswith(keys_mount["target"] + "/")
     assert keys_mount.get("read_only") is True

@@ -89,6 +89,37 @@ def test_containers_are_non_root_read_only_and_bounded(docs):
         assert any(m["mountPath"] in ("/tmp", "/data") for m in c["volumeMounts"]), name
 
 
+def probe_window_s(probe: dict) -> int:
+    """How long a probe must fail before it acts (Kubernetes' defaults: 10 s, 3 times)."""
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_every_container_is_restarted_when_it_hangs_or_dies(docs):
+    """The kubelet restarts a container that exits (restartPolicy Always) or whose
+    liveness probe fails for a while; readiness takes it out of traffic sooner."""
+    for name, workload in workloads(docs).items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod.get("restartPolicy", "Always") == "Always", name
+        c = container(workload)
+        liveness, readiness = c["livenessProbe"], c["readinessProbe"]
+        assert probe_window_s(liveness) <= 120, f"{name}: a hung process would stay for minutes"
+        assert probe_window_s(readiness) <= probe_window_s(liveness), name
+        # Slow starters are covered by a startup probe, not by a lax liveness probe.
+        if name in PYTHON_SERVICES or name == "triton":
+            assert probe_window_s(c["startupProbe"]) >= 120, name
+
+
+def test_redis_keeps_its_append_only_file_on_a_persistent_volume(docs):
+    redis = workloads(docs)["redis"]
+    args = container(redis)["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data = args[args.index("--dir") + 1]
+    mount = next(m for m in container(redis)["volumeMounts"] if m["mountPath"] == data)
+    claims = {t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in claims
+    assert not any(v["name"] == mount["name"] for v in redis["spec"]["template"]["spec"].get("volumes", []))
+
+
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_python_services_use_grpc_probes_on_their_documented_port(docs, name):
     module, section, _, port, metrics_port = PYTHON_SERVICES[name]
