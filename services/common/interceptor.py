@@ -16,7 +16,7 @@ Server-Sent Events caller would see the stream simply stop.
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -24,8 +24,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from services.common import context as ctx
-from services.common.errors import InvalidArgument, ServiceError
+from services.common.errors import InvalidArgument, PermissionDenied, ServiceError
 from services.common.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
+from services.common.tls import peer_name
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,11 @@ def _transcoded(context: grpc.aio.ServicerContext) -> bool:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, default_tenant: str):
+    def __init__(self, service: str, default_tenant: str, allowed_clients: Sequence[str] = ()):
         self._service = service
         self._default_tenant = default_tenant
+        # Common names of the client certificates that may call (mutual TLS); empty: any.
+        self._allowed_clients = frozenset(allowed_clients)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -100,6 +103,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def _begin(self, context: grpc.aio.ServicerContext) -> None:
         ctx.bind_from_metadata(context.invocation_metadata(), self._default_tenant)
+        if self._allowed_clients:
+            caller = peer_name(context)
+            if caller not in self._allowed_clients:
+                log.warning("refused a call from %s", caller or "a caller without a certificate")
+                raise PermissionDenied(f"'{caller}' may not call {self._service}; the edge calls it",
+                                       reason="CALLER_NOT_ALLOWED")
 
     @staticmethod
     async def _send_headers(context: grpc.aio.ServicerContext) -> None:

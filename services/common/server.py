@@ -17,10 +17,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import logs
+from services.common import channels, logs
 from services.common.config import ConfigError, ServerSettings, S, load
 from services.common.interceptor import ServerInterceptor
 from services.common.metrics import serve_metrics
+from services.common.tls import MutualTls
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.Hea
     """Creates the server with health and reflection; binds but does not start it."""
     settings = service.settings
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, settings.default_tenant)],
+        interceptors=[ServerInterceptor(service.name, settings.default_tenant, settings.tls_allowed_clients)],
         options=server_options(settings),
     )
     service.register(server)
@@ -82,8 +83,9 @@ def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.Hea
     names = [*service.service_names, *service.reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
+    tls = MutualTls.from_settings(settings)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
     except RuntimeError as err:
         raise ConfigError(f"cannot listen on {address}: the port is in use or the address is not local") from err
     return server, port, health_servicer
@@ -135,6 +137,9 @@ def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -
         print(f"{section}: {err}", file=sys.stderr)
         sys.exit(2)
     logs.configure(section, settings.log_level)
+
+    # The service's calls to other suite services use its certificate too.
+    channels.use_tls(MutualTls.from_settings(settings))
 
     async def run() -> None:
         # The factory runs inside the event loop: grpc.aio channels and tasks it

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 import grpc
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
-from services.common.channels import insecure_channel, wait_serving
+from services.common.channels import upstream_channel, wait_serving
 from services.common.context import outgoing_metadata
 from services.common.errors import ResourceExhausted, ServiceError, Unavailable, from_rpc_error
 from services.router.config import RouterSettings
@@ -50,7 +50,7 @@ class Completion:
 
 class GenerationClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.generation_url)
+        self._channel = upstream_channel(settings.generation_url)
         self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
         self._settings = settings
         # Known models get their own breaker; any other name a client pins shares

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Sequence
 import grpc
 from llmsuite.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import upstream_channel
 from services.common.context import outgoing_metadata
 from services.common.errors import ServiceError, Unavailable, from_rpc_error
 from services.router.config import RouterSettings
@@ -42,7 +42,7 @@ class OutputOutcome:
 
 class GuardrailsClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.guardrails_url)
+        self._channel = upstream_channel(settings.guardrails_url)
         self._stub = guardrails_pb2_grpc.GuardrailsServiceStub(self._channel)
         self._cap = settings.guardrails_timeout_s
         self.upstream = Upstream("guardrails", settings)

@@ -3,7 +3,7 @@
 import numpy as np
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import upstream_channel
 from services.common.context import outgoing_metadata
 from services.router.config import RouterSettings
 from services.router.upstream import Deadline, Upstream
@@ -11,7 +11,7 @@ from services.router.upstream import Deadline, Upstream
 
 class RetrievalClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.retrieval_url)
+        self._channel = upstream_channel(settings.retrieval_url)
         self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
         self._cap = settings.retrieval_timeout_s
         self.upstream = Upstream("retrieval", settings)

@@ -92,8 +92,10 @@ class ServiceProcess:
             time.sleep(0.05)  # poll interval, not synchronisation: ready() decides
         raise TimeoutError(f"{self.name}: {what} not reached in {timeout}s; log tail:\n{self.log_tail()}")
 
-    def wait_grpc_healthy(self, port: int, service: str = "", timeout: float = 120.0) -> None:
-        self.wait_until(lambda: grpc_health_status(port, service) == health_pb2.HealthCheckResponse.SERVING,
+    def wait_grpc_healthy(self, port: int, service: str = "", timeout: float = 120.0,
+                          credentials: grpc.ChannelCredentials | None = None) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self.wait_until(lambda: grpc_health_status(port, service, credentials=credentials) == serving,
                         f"gRPC health SERVING on :{port}", timeout)
 
     def wait_http_ok(self, url: str, timeout: float = 120.0) -> None:
@@ -129,9 +131,12 @@ class ServiceProcess:
         self.stop()
 
 
-def grpc_health_status(port: int, service: str = "", host: str = "127.0.0.1") -> int | None:
+def grpc_health_status(port: int, service: str = "", host: str = "127.0.0.1",
+                       credentials: grpc.ChannelCredentials | None = None) -> int | None:
+    """The health status on host:port (over TLS with `credentials`); None when it does not answer."""
     try:
-        with grpc.insecure_channel(f"{host}:{port}") as channel:
+        target = f"{host}:{port}"
+        with (grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
     except grpc.RpcError:

@@ -238,3 +238,66 @@ def test_overlays_pick_the_triton_hardware(overlay):
 def test_adapter_rules_define_the_metrics_the_autoscalers_read():
     rules = yaml.safe_load((K8S / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"]
     assert {rule["name"]["as"] for rule in rules} == {"triton_queue_time_per_request_us", "triton_gpu_utilization"}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels and In/NotIn/Exists expressions) against labels."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        operator = expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+    return True
+
+
+def ingress_allowed(policies: list[dict], target: dict, port: int, source: dict) -> bool:
+    """Whether NetworkPolicies let a pod labelled `source` (in the namespace) reach
+    `port` of a pod labelled `target`."""
+    selecting = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]
+                 and _selects(p["spec"]["podSelector"], target)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if not peers or any(("podSelector" in peer and _selects(peer["podSelector"], source))
+                                or peer.get("namespaceSelector") == {} for peer in peers):
+                return True
+    return False
+
+
+# gRPC (and state) ports -> the workloads that may reach them; nobody else may.
+MAY_REACH = {
+    ("router", 50051): {"envoy"},
+    ("authz", 50061): {"envoy"},
+    ("ratelimit", 50062): {"envoy"},
+    ("guardrails", 50052): {"envoy", "router"},
+    ("retrieval", 50053): {"envoy", "router"},
+    ("generation", 50054): {"envoy", "router"},
+    ("triton", TRITON_PORTS["grpc"]): {"generation"},
+    ("redis", 6379): {"authz", "ratelimit", "router"},
+    ("qdrant", 6333): {"retrieval"},
+}
+
+
+def test_only_envoy_reaches_the_services_grpc_ports(docs):
+    """The Kubernetes half of service-to-service trust: NetworkPolicies, evaluated for
+    every workload's pods and for a pod of anything else started in the namespace."""
+    policies = list(of_kind(docs, "NetworkPolicy").values())
+    labels = {name: w["spec"]["template"]["metadata"]["labels"] for name, w in workloads(docs).items()}
+    sources = {**labels, "intruder": {"app.kubernetes.io/name": "intruder"}}
+    for (target, port), allowed in MAY_REACH.items():
+        reaching = {name for name, source in sources.items() if ingress_allowed(policies, labels[target], port, source)}
+        assert reaching == allowed, (target, port)
+    # Everyone reaches the edge, and metrics stay scrapeable.
+    assert all(ingress_allowed(policies, labels["envoy"], ENVOY_PORT, source) for source in sources.values())
+    assert ingress_allowed(policies, labels["router"], PYTHON_SERVICES["router"][4], sources["intruder"])
