@@ -46,7 +46,7 @@ def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
-def _error_message_factory(method_path: str) -> Callable[[status_pb2.Status], Any] | None:
+def error_message_factory(method_path: str) -> Callable[[status_pb2.Status], Any] | None:
     """For a server-streaming method whose response has an `error` field shaped like
     google.rpc.Status (same field numbers): a function making that last message."""
     service, _, method = method_path.lstrip("/").rpartition("/")
@@ -86,7 +86,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, decode), response_serializer=serializer)
-        error_message = _error_message_factory(handler_call_details.method)
+        error_message = error_message_factory(handler_call_details.method)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, decode, request_streaming=False,
