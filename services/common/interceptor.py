@@ -14,6 +14,7 @@ Server-Sent Events caller would see the stream simply stop.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -46,6 +47,7 @@ def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+@functools.cache
 def error_message_factory(method_path: str) -> Callable[[status_pb2.Status], Any] | None:
     """For a server-streaming method whose response has an `error` field shaped like
     google.rpc.Status (same field numbers): a function making that last message."""
