@@ -42,11 +42,14 @@ $(DEPS): requirements.lock pyproject.toml
 	touch $@
 
 # Generated stubs live in gen/ (not committed); a .pth file puts gen/ on sys.path.
-# gen/llmsuite.pb is the descriptor set Envoy's JSON transcoder reads.
+# gen/llmsuite.pb is the descriptor set Envoy's JSON transcoder reads; it also holds
+# google.rpc.Status and its details (from googleapis-common-protos), without which
+# the transcoder answers errors with an empty body.
 $(STUBS): $(PROTOS) $(DEPS)
 	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen \
-	  --include_imports --descriptor_set_out=gen/llmsuite.pb $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos -I$(SITE) --include_imports --descriptor_set_out=gen/llmsuite.pb \
+	  $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
 	echo "$(CURDIR)/gen" > $(SITE)/llmsuite-gen.pth
 	touch $@
 

@@ -3,10 +3,12 @@
 # Build context: the repository root.
 
 FROM python:3.11.11-slim-bookworm AS protos
-RUN pip install --no-cache-dir grpcio-tools==1.81.1
+RUN pip install --no-cache-dir grpcio-tools==1.81.1 googleapis-common-protos==1.76.0
 COPY protos /protos
-RUN python -m grpc_tools.protoc -I/protos --include_imports \
-      --descriptor_set_out=/llmsuite.pb $(find /protos -name '*.proto')
+# google.rpc.Status and its details too: the transcoder needs them for JSON error bodies.
+RUN python -m grpc_tools.protoc -I/protos -I"$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+      --include_imports --descriptor_set_out=/llmsuite.pb $(find /protos -name '*.proto') \
+      google/rpc/status.proto google/rpc/error_details.proto
 
 FROM envoyproxy/envoy:v1.40.0
 COPY --from=protos /llmsuite.pb /etc/envoy/llmsuite.pb

@@ -6,8 +6,8 @@
 #   compose/integration-test.sh [cpu|gpu]
 #
 # Builds the images, starts the stack, and checks through Envoy: JSON and SSE with
-# the development key, 401 without a key, a router replica killed under load,
-# Prometheus scraping every target. Tears everything down (volumes included) at exit.
+# the development key, 401 without a key, a router replica killed under load, a
+# service refusing a plaintext call, Prometheus scraping every target. Tears everything down (volumes included) at exit.
 set -euo pipefail
 
 PROFILE="${1:-cpu}"
@@ -62,6 +62,18 @@ rm -f load-before.txt
 # One request can be in flight on the killed replica (this load is sequential).
 [ "$errors" -le 1 ] || fail "$errors requests failed after a router replica was killed"
 [ "$(load 50)" = 0 ] || fail "requests still fail with one router replica"
+
+echo "services refuse a direct call without a certificate"
+compose exec -T router python -c '
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+try:
+    with grpc.insecure_channel("guardrails:50052") as channel:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+except grpc.RpcError:
+    sys.exit(0)
+sys.exit(1)' || fail "guardrails answered a plaintext call"
 
 echo "Prometheus scrapes every target"
 compose exec -T prometheus wget -qO- 'http://127.0.0.1:9090/api/v1/targets?state=active' \

@@ -26,8 +26,13 @@ RUN pip install --no-deps . \
       services/guardrails/data/injection_adapter.npz services/guardrails/data/injection_adapter_fast.npz
 
 FROM python:3.11.11-slim-bookworm
-# Unprivileged, fixed uid so Kubernetes' runAsNonRoot can check it.
-RUN groupadd --gid 10001 llmsuite && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin llmsuite
+# Unprivileged, fixed uid so Kubernetes' runAsNonRoot can check it. The folders compose
+# mounts volumes on belong to it, so a fresh volume does too and the one-shot
+# keys-init and certs-init can write there.
+RUN groupadd --gid 10001 llmsuite && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin llmsuite \
+ && mkdir -p /keys /certs/envoy /certs/router /certs/guardrails /certs/retrieval /certs/generation /certs/authz \
+      /certs/ratelimit \
+ && chown -R 10001:10001 /keys /certs
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 # The embedder's ONNX files were exported at build time (read-only here).

@@ -8,7 +8,7 @@ tests/deploy checks that they match what this module renders.
 
 from pathlib import Path
 
-from gateway.render import EdgeSecurity, EnvoyParams, render
+from gateway.render import EdgeSecurity, EnvoyParams, UpstreamTls, render
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_ENVOY = REPO / "compose" / "envoy.yaml"
@@ -17,6 +17,8 @@ K8S_ENVOY = REPO / "deploy" / "k8s" / "base" / "envoy" / "envoy.yaml"
 # Where the Envoy image (compose/envoy.Dockerfile) puts the descriptor set.
 DESCRIPTOR_SET = "/etc/envoy/llmsuite.pb"
 STATS_PORT = 9902
+# Where compose mounts Envoy's certificate volume (made by certs-init).
+COMPOSE_CERTS = "/etc/envoy/certs"
 
 
 def _params(upstream: dict[str, str], authz: str, ratelimit: str) -> EnvoyParams:
@@ -29,15 +31,20 @@ def _params(upstream: dict[str, str], authz: str, ratelimit: str) -> EnvoyParams
 
 
 def compose_params() -> EnvoyParams:
-    """Compose service names: Docker's DNS answers every replica of a scaled service."""
-    return _params({"router": "router:50051", "guardrails": "guardrails:50052",
-                    "retrieval": "retrieval:50053", "generation": "generation:50054"},
-                   "authz:50061", "ratelimit:50062")
+    """Compose service names: Docker's DNS answers every replica of a scaled service.
+    Compose's network is flat, so Envoy reaches the services over mutual TLS."""
+    params = _params({"router": "router:50051", "guardrails": "guardrails:50052",
+                      "retrieval": "retrieval:50053", "generation": "generation:50054"},
+                     "authz:50061", "ratelimit:50062")
+    params.upstream_tls = UpstreamTls(cert_file=f"{COMPOSE_CERTS}/cert.pem", key_file=f"{COMPOSE_CERTS}/key.pem",
+                                      ca_file=f"{COMPOSE_CERTS}/ca.pem")
+    return params
 
 
 def kubernetes_params() -> EnvoyParams:
     """Headless services (one DNS answer per ready pod), so Envoy balances across
-    pods itself and health-checks each one instead of going through kube-proxy."""
+    pods itself and health-checks each one instead of going through kube-proxy.
+    NetworkPolicies decide who reaches the services' ports (deploy/k8s/base/networkpolicy.yaml)."""
     return _params({"router": "router-headless:50051", "guardrails": "guardrails-headless:50052",
                     "retrieval": "retrieval-headless:50053", "generation": "generation-headless:50054"},
                    "authz-headless:50061", "ratelimit-headless:50062")

@@ -72,6 +72,16 @@ class EdgeSecurity:
 
 
 @dataclass
+class UpstreamTls:
+    """Mutual TLS to every suite cluster: Envoy's certificate and key, and the CA the
+    upstreams' certificates come from (files made by `python -m gateway.certs`)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+@dataclass
 class LocalRateLimit:
     """Token bucket per Envoy instance, a safety valve in front of everything else:
     `tokens_per_fill` every `fill_interval`, at most `burst` saved up."""
@@ -95,7 +105,17 @@ class EnvoyParams:
     # Listener serving only /stats/prometheus and /ready from the loopback admin; None: off.
     stats_port: int | None = None
     local_rate_limit: LocalRateLimit = field(default_factory=LocalRateLimit)
+    # None: plaintext to the upstreams (make run's loopback).
+    upstream_tls: UpstreamTls | None = None
     max_request_bytes: int = 4 * 1024 * 1024
+    # Request headers a caller may send; below the services' gRPC metadata limit
+    # (services/common/server.py). The codec's hard bound is three times this.
+    max_request_headers_kb: int = 32
+    request_headers_timeout: str = "10s"
+    # A stream quiet this long is reset: as long as the longest route timeout.
+    stream_idle_timeout: str = "120s"
+    # A connection without requests is closed after this.
+    idle_timeout: str = "60s"
     max_connections: int = 10_000
     max_heap_bytes: int = 1024 * 1024 * 1024
 
@@ -128,8 +148,13 @@ def render(params: EnvoyParams) -> str:
         transcoder={"descriptor_set": params.descriptor_set, "services": JSON_SERVICES}
         if params.descriptor_set else None,
         stats_port=params.stats_port,
+        upstream_tls=params.upstream_tls,
         local_rate_limit=params.local_rate_limit,
         max_request_bytes=params.max_request_bytes,
+        max_request_headers_kb=params.max_request_headers_kb,
+        request_headers_timeout=params.request_headers_timeout,
+        stream_idle_timeout=params.stream_idle_timeout,
+        idle_timeout=params.idle_timeout,
         max_connections=params.max_connections,
         max_heap_bytes=params.max_heap_bytes,
         streaming_request_routes=[{"path": p, "cluster": c, "timeout": t, "max_duration": d}

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from services.common.config import ServerSettings, Settings
+from services.common.config import ServerSettings, Settings, env_aliases
 from services.common.paths import REPO
 
 
@@ -45,8 +45,9 @@ def _rows(cls: type[Settings], env_prefix: str, skip: set[str]) -> list[str]:
         if field_name in skip:
             continue
         env = f"`{env_prefix}{field_name.upper()}`"
-        if field_name in cls.ENV_ALIASES:
-            env += f" or `{cls.ENV_ALIASES[field_name]}`"
+        aliases = env_aliases(cls)
+        if field_name in aliases:
+            env += f" or `{aliases[field_name]}`"
         default = _default(field).replace("|", "\\|")
         if len(default) > 60:
             default = "(see docs)"

@@ -45,9 +45,13 @@ class JwtClaims:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
+def path_without_query(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
 def required_scope(path: str, rules: Iterable[ScopeRule]) -> str | None:
     """The scope `path` needs: "" for public paths, None when no rule matches."""
-    path = path.split("?", 1)[0]
+    path = path_without_query(path)
     for rule in rules:
         if fnmatch.fnmatchcase(path, rule.path):
             return rule.scope
@@ -130,6 +134,6 @@ def decide(path: str, headers: Mapping[str, str], rules: Iterable[ScopeRule], ke
         who = "JWT subject" if identity.key_id.startswith("jwt:") else "API key"
         name = identity.key_id.removeprefix("jwt:")
         return Decision(grpc.StatusCode.PERMISSION_DENIED,
-                        f"{who} '{name}' lacks scope '{scope}' needed for {path.split('?', 1)[0]}",
+                        f"{who} '{name}' lacks scope '{scope}' needed for {path_without_query(path)}",
                         "scope", identity)
     return decision

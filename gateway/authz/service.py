@@ -19,7 +19,14 @@ from google.rpc import status_pb2
 from prometheus_client import Counter
 
 from gateway.authz.config import AuthzSettings
-from gateway.authz.decision import API_KEY_HEADER, AUTHORIZATION_HEADER, Decision, JwtClaims, decide
+from gateway.authz.decision import (
+    API_KEY_HEADER,
+    AUTHORIZATION_HEADER,
+    Decision,
+    JwtClaims,
+    decide,
+    path_without_query,
+)
 from gateway.authz.keystore import KeyStore
 from services.common.context import KEY_ID_HEADER, SCOPES_HEADER, TENANT_HEADER
 
@@ -86,5 +93,6 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         DECISIONS.labels(outcome, decision.reason).inc()
         if not decision.allowed:
             key_id = decision.identity.key_id if decision.identity else ""
-            log.info("denied %s: %s", http.path, decision.reason, extra={"key_id": key_id})
+            # Never the query string: callers put keys and addresses there by mistake.
+            log.info("denied %s: %s", path_without_query(http.path), decision.reason, extra={"key_id": key_id})
         return to_response(decision)

@@ -10,14 +10,16 @@ UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 
 class Limit(BaseModel):
-    """A fixed-window limit for one descriptor key, e.g. `key` (API key id),
-    `tenant` or `remote_address` (client IP): each distinct value gets its own counter."""
+    """A sliding-window limit for one descriptor key, e.g. `key` (API key id),
+    `tenant` or `remote_address` (client IP): each distinct value gets its own counter,
+    and no interval of one `unit` holds more than the limit (gateway/ratelimit/counters.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The descriptor entry key Envoy sends (the route's rate_limits actions set it).
     descriptor: str = Field(min_length=1, pattern=r"^[a-z_][a-z0-9_.-]*$")
-    requests_per_unit: int = Field(ge=0, description="Requests allowed per window; 0 blocks the descriptor.")
+    requests_per_unit: int = Field(ge=0, description="Requests allowed in any interval of one unit; 0 blocks "
+                                                     "the descriptor.")
     unit: Literal["second", "minute", "hour", "day"] = "minute"
     # Per-value limits replacing requests_per_unit, e.g. {"batch-key": 6000}.
     overrides: dict[str, int] = Field(default_factory=dict)
@@ -38,6 +40,8 @@ DEFAULT_LIMITS = (
     Limit(descriptor="key", requests_per_unit=600, unit="minute"),
     Limit(descriptor="tenant", requests_per_unit=3000, unit="minute"),
     Limit(descriptor="remote_address", requests_per_unit=1200, unit="minute"),
+    # New connections per client IP (Envoy's network rate-limit filter).
+    Limit(descriptor="connection_address", requests_per_unit=600, unit="minute"),
 )
 
 

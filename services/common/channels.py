@@ -6,6 +6,8 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import MutualTls
+
 log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
@@ -24,9 +26,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def insecure_channel(target: str) -> grpc.aio.Channel:
-    """A channel to an in-cluster upstream (plaintext; the mesh or Envoy adds TLS)."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+# Set at start by the server bootstrap when this workload has a certificate.
+_tls: MutualTls | None = None
+
+
+def use_tls(tls: MutualTls | None) -> None:
+    """Makes every later upstream channel of this process mutual TLS (None: plaintext)."""
+    global _tls
+    _tls = tls
+
+
+def upstream_channel(target: str) -> grpc.aio.Channel:
+    """A channel to another suite service: mutual TLS with this workload's certificate
+    when it has one (compose), plaintext otherwise (make run's loopback)."""
+    if _tls is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, _tls.channel_credentials(), options=CHANNEL_OPTIONS)
 
 
 async def wait_serving(channel: grpc.aio.Channel, upstream: str, service: str = "") -> None:

@@ -30,11 +30,14 @@ class ServiceError(Exception):
             return []
         return [error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)]
 
-    def to_status(self) -> grpc.Status:
+    def to_rpc_status(self) -> status_pb2.Status:
         status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message)
         for detail in self.details():
             status.details.add().Pack(detail)
-        return rpc_status.to_status(status)
+        return status
+
+    def to_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_rpc_status())
 
 
 class InvalidArgument(ServiceError):

@@ -17,12 +17,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import logs
+from services.common import channels, logs
 from services.common.config import ConfigError, ServerSettings, S, load
 from services.common.interceptor import ServerInterceptor
 from services.common.metrics import serve_metrics
+from services.common.tls import MutualTls
 
 log = logging.getLogger(__name__)
+
+MAX_METADATA_BYTES = 64 * 1024
 
 
 async def _nothing() -> None:
@@ -51,6 +54,12 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Above the edge's header limit (Envoy's max_request_headers_kb, 32 KiB) plus
+        # what Envoy adds, so whatever the edge lets through is accepted here: gRPC
+        # answers oversized metadata with RESOURCE_EXHAUSTED, which callers would
+        # read as a rate limit (HTTP 429).
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         # Without this, a second process can bind the same port on Linux and
         # silently take half the traffic; a clash must fail loudly instead.
         ("grpc.so_reuseport", 0),
@@ -65,7 +74,7 @@ def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.Hea
     """Creates the server with health and reflection; binds but does not start it."""
     settings = service.settings
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, settings.default_tenant)],
+        interceptors=[ServerInterceptor(service.name, settings.default_tenant, settings.tls_allowed_clients)],
         options=server_options(settings),
     )
     service.register(server)
@@ -74,8 +83,9 @@ def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.Hea
     names = [*service.service_names, *service.reflection_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
+    tls = MutualTls.from_settings(settings)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
     except RuntimeError as err:
         raise ConfigError(f"cannot listen on {address}: the port is in use or the address is not local") from err
     return server, port, health_servicer
@@ -127,6 +137,9 @@ def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -
         print(f"{section}: {err}", file=sys.stderr)
         sys.exit(2)
     logs.configure(section, settings.log_level)
+
+    # The service's calls to other suite services use its certificate too.
+    channels.use_tls(MutualTls.from_settings(settings))
 
     async def run() -> None:
         # The factory runs inside the event loop: grpc.aio channels and tasks it

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
-from services.common.channels import insecure_channel, wait_serving
+from services.common.channels import upstream_channel, wait_serving
 from services.common.context import outgoing_metadata
 from services.common.errors import ResourceExhausted, ServiceError, Unavailable
 from services.common.resilience import Deadline, Incomplete, Upstream
@@ -47,7 +47,7 @@ def _params(sampling: Sampling) -> generation_pb2.SamplingParams:
 
 class GenerationClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.generation_url)
+        self._channel = upstream_channel(settings.generation_url)
         self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
         # Known models get their own breaker; any other name a client pins shares
         # one, so clients cannot grow this map.

@@ -8,7 +8,7 @@ from typing import AsyncIterator, Sequence
 
 from llmsuite.guardrails.v1 import guardrails_pb2, guardrails_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import upstream_channel
 from services.common.context import outgoing_metadata
 from services.common.errors import Unavailable
 from services.common.resilience import Deadline, Incomplete
@@ -25,7 +25,7 @@ def fail_closed(stage: str, retry_after_s: float) -> Unavailable:
 
 class GuardrailsClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.guardrails_url)
+        self._channel = upstream_channel(settings.guardrails_url)
         self._stub = guardrails_pb2_grpc.GuardrailsServiceStub(self._channel)
         self._cap = settings.guardrails_timeout_s
         self.upstream = upstream_for("guardrails", settings)

@@ -3,7 +3,7 @@
 import numpy as np
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
-from services.common.channels import insecure_channel
+from services.common.channels import upstream_channel
 from services.common.context import outgoing_metadata
 from services.common.resilience import Deadline
 from services.router.config import RouterSettings
@@ -12,7 +12,7 @@ from services.router.upstream import upstream_for
 
 class RetrievalClient:
     def __init__(self, settings: RouterSettings):
-        self._channel = insecure_channel(settings.retrieval_url)
+        self._channel = upstream_channel(settings.retrieval_url)
         self._stub = retrieval_pb2_grpc.RetrievalServiceStub(self._channel)
         self._cap = settings.retrieval_timeout_s
         self.upstream = upstream_for("retrieval", settings)

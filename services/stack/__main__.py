@@ -1,19 +1,28 @@
-"""`make run`: start the whole suite locally and keep it running until Ctrl-C."""
+"""`make run`: start the whole suite locally and keep it running until Ctrl-C.
+
+A process that dies is restarted with backoff (services/stack/supervisor.py); only
+Ctrl-C or SIGTERM stops the stack.
+"""
 
 import signal
 import sys
-import threading
 
 from services.stack.stack import Stack
+from services.stack.supervisor import Supervisor, stop_on_signals
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
     stack = Stack()
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    # While starting, SIGTERM interrupts like Ctrl-C does: Stack.start stops what it started.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start(report=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
     except Exception as err:
         print(f"the stack did not start: {err}", file=sys.stderr)
         sys.exit(1)
@@ -25,12 +34,10 @@ llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
   logs:     {stack.var_dir / 'logs'}
   try:      .venv/bin/llmsuite generate "Explain what a token bucket is"
   grpcurl:  .venv/bin/grpcurl -plaintext 127.0.0.1:{p.envoy} list
-Ctrl-C stops everything.""", flush=True)
-    while not stopped.wait(1.0):
-        for name, process in stack.processes.items():
-            if not process.alive():
-                print(f"{name} exited; stopping the stack. Log tail:\n{process.log_tail()}", file=sys.stderr)
-                stopped.set()
+A process that dies is restarted; Ctrl-C stops everything.""", flush=True)
+    stop = stop_on_signals()
+    Supervisor(stack.processes, report=lambda line: print(line, file=sys.stderr, flush=True)).run(stop)
+    print("stopping the stack", flush=True)
     stack.stop()
 
 

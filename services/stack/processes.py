@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,19 +46,31 @@ class ServiceProcess:
         self.cwd = cwd
         self.log_path = Path(log_dir) / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        # Held while starting or stopping, so a supervisor thread and its owner never
+        # start one process twice.
+        self.lock = threading.RLock()
+        # True from stop() until the next start(): the process is down on purpose,
+        # not crashed, and a supervisor leaves it alone.
+        self.stopped = False
 
     def start(self) -> "ServiceProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        # A new session gives the process its own group, so stop() also ends any
-        # children it started (Triton's Python-backend stubs).
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=self.cwd, start_new_session=True)
-        log.close()
+        with self.lock:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = self.log_path.open("ab")
+            # A new session gives the process its own group, so stop() also ends any
+            # children it started (Triton's Python-backend stubs).
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         cwd=self.cwd, start_new_session=True)
+            log.close()
+            self.stopped = False
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def crashed(self) -> bool:
+        """Started, then exited without being asked to."""
+        return self.proc is not None and not self.stopped and not self.alive()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -79,8 +92,10 @@ class ServiceProcess:
             time.sleep(0.05)  # poll interval, not synchronisation: ready() decides
         raise TimeoutError(f"{self.name}: {what} not reached in {timeout}s; log tail:\n{self.log_tail()}")
 
-    def wait_grpc_healthy(self, port: int, service: str = "", timeout: float = 120.0) -> None:
-        self.wait_until(lambda: grpc_health_status(port, service) == health_pb2.HealthCheckResponse.SERVING,
+    def wait_grpc_healthy(self, port: int, service: str = "", timeout: float = 120.0,
+                          credentials: grpc.ChannelCredentials | None = None) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        self.wait_until(lambda: grpc_health_status(port, service, credentials=credentials) == serving,
                         f"gRPC health SERVING on :{port}", timeout)
 
     def wait_http_ok(self, url: str, timeout: float = 120.0) -> None:
@@ -92,20 +107,22 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.alive():
-            self.signal(signal.SIGTERM)
+        with self.lock:
+            self.stopped = True
+            if self.proc is None:
+                return None
+            if self.alive():
+                self.signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.signal(signal.SIGKILL)
+                    self.proc.wait(5)
             try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(5)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group
-        except ProcessLookupError:
-            pass
-        return self.proc.returncode
+                os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in the group
+            except ProcessLookupError:
+                pass
+            return self.proc.returncode
 
     def __enter__(self) -> "ServiceProcess":
         return self.start()
@@ -114,9 +131,12 @@ class ServiceProcess:
         self.stop()
 
 
-def grpc_health_status(port: int, service: str = "", host: str = "127.0.0.1") -> int | None:
+def grpc_health_status(port: int, service: str = "", host: str = "127.0.0.1",
+                       credentials: grpc.ChannelCredentials | None = None) -> int | None:
+    """The health status on host:port (over TLS with `credentials`); None when it does not answer."""
     try:
-        with grpc.insecure_channel(f"{host}:{port}") as channel:
+        target = f"{host}:{port}"
+        with (grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
     except grpc.RpcError:

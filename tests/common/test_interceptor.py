@@ -9,11 +9,13 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
+from llmsuite.inference.v1 import inference_pb2
 from prometheus_client import REGISTRY
 
 from services.common import context
 from services.common.config import ServerSettings
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.interceptor import error_message_factory
 from services.common.server import Service, build_server
 
 
@@ -121,3 +123,27 @@ async def test_metrics_count_calls_by_method_and_code(stub):
         await client.Generate(generation_pb2.GenerateRequest(model="bad"))
     assert REGISTRY.get_sample_value("llmsuite_rpc_requests_total", labels) == before + 1
     assert REGISTRY.get_sample_value("llmsuite_rpc_in_flight", {"service": "itest", "method": "Generate"}) == 0
+
+
+async def test_a_call_failing_before_any_message_sends_no_headers_first(stub):
+    """Trailers only: the request id comes back with the status, so that the edge's
+    JSON API can still answer with the error's HTTP status."""
+    client, _ = stub
+    call = client.Generate(generation_pb2.GenerateRequest(model="bad"), metadata=(("x-request-id", "rid-7"),))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert ("x-request-id", "rid-7") in tuple(err.value.trailing_metadata())
+    assert not any(key == "x-request-id" for key, _ in (err.value.initial_metadata() or ()))
+
+
+def test_the_last_message_of_a_failed_json_stream_carries_the_whole_status():
+    """Streams whose response has an `error` field (InferenceService.GenerateStream) get
+    one; others (GenerationService) do not. The InferenceService case runs through
+    Envoy in tests/gateway/test_edge.py."""
+    make = error_message_factory("/llmsuite.inference.v1.InferenceService/GenerateStream")
+    status = InvalidArgument("prompt refused", field="prompt", reason="TEST").to_rpc_status()
+    message = make(status)
+    assert isinstance(message, inference_pb2.GenerateStreamResponse)
+    assert (message.error.code, message.error.message) == (status.code, "prompt refused")
+    assert list(message.error.details) == list(status.details)
+    assert error_message_factory("/llmsuite.generation.v1.GenerationService/GenerateStream") is None

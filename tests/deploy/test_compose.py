@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway import deployments
+from gateway import certs, deployments
 from gateway.render import envoy_binary
 from services.common.config import load
 from tests.deploy.expected import ENVOY_PORT, ENVOY_STATS_PORT, PYTHON_SERVICES, TRITON_PORTS
@@ -21,9 +21,19 @@ from tests.harness import REPO
 
 COMPOSE = REPO / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
-EXPECTED_SERVICES = {"envoy", "keys-init", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation",
+EXPECTED_SERVICES = {"envoy", "keys-init", "certs-init", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation",
                      "generation-gpu", "triton", "triton-gpu", "redis", "qdrant", "prometheus", "grafana"}
-ONE_SHOT = {"keys-init"}
+ONE_SHOT = {"keys-init", "certs-init"}
+# Who may call each service's gRPC port (mutual TLS): Envoy, the router for its
+# upstreams, and the service itself (its container's health check).
+ALLOWED_CLIENTS = {
+    "router": {"envoy", "router"},
+    "guardrails": {"envoy", "router", "guardrails"},
+    "retrieval": {"envoy", "router", "retrieval"},
+    "generation": {"envoy", "router", "generation"},
+    "authz": {"envoy", "authz"},
+    "ratelimit": {"envoy", "ratelimit"},
+}
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
                                 reason="docker-compose not installed (make setup installs it)")
@@ -118,8 +128,36 @@ def test_health_checks_and_start_order(services):
             expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             assert condition["condition"] == expected, (name, dependency)
     assert set(services["envoy"]["depends_on"]) >= {"router", "authz", "ratelimit"}
-    assert services["generation"]["depends_on"] == {"triton": {"condition": "service_healthy"}}
-    assert services["generation-gpu"]["depends_on"] == {"triton-gpu": {"condition": "service_healthy"}}
+    assert services["generation"]["depends_on"] == {"triton": {"condition": "service_healthy"},
+                                                    "certs-init": {"condition": "service_completed_successfully"}}
+    assert services["generation-gpu"]["depends_on"] == {"triton-gpu": {"condition": "service_healthy"},
+                                                        "certs-init": {"condition": "service_completed_successfully"}}
+
+
+def test_restart_policies_bring_crashed_services_back(services):
+    """Docker restarts a container whose process exits (a crash, an OOM kill); the
+    one-shot key setup runs once. A hung but running process is marked unhealthy and
+    Envoy's health checks route around it (Docker does not restart it)."""
+    for name, service in services.items():
+        assert service.get("restart") == ("no" if name in ONE_SHOT else "unless-stopped"), name
+
+
+def test_every_health_check_is_bounded(services):
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        check = service["healthcheck"]
+        assert {"interval", "timeout", "retries"} <= set(check), name
+        assert int(check["retries"]) >= 1
+
+
+def test_redis_keeps_its_append_only_file_on_a_volume(config, services):
+    redis = services["redis"]
+    args = redis["command"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data = args[args.index("--dir") + 1]
+    assert {"source": "redis-data", "target": data, "read_only": False} in volumes_of(redis)
+    assert "redis-data" in config["volumes"]
 
 
 def test_profiles_pick_the_triton_flavour(services):
@@ -153,7 +191,7 @@ def test_images_are_pinned(services):
 
 
 def test_volumes_the_code_expects(config, services):
-    assert set(config["volumes"]) >= {"gateway-keys", "qdrant-data", "prometheus-data", "grafana-data"}
+    assert set(config["volumes"]) >= {"gateway-keys", "qdrant-data", "prometheus-data", "grafana-data", "redis-data"}
     keys_mount = next(v for v in volumes_of(services["authz"]) if v["source"] == "gateway-keys")
     assert env_of(services["authz"])["LLMSUITE_AUTHZ_KEYS_FILE"].startswith(keys_mount["target"] + "/")
     assert keys_mount.get("read_only") is True
@@ -162,14 +200,61 @@ def test_volumes_the_code_expects(config, services):
     assert {v["target"] for v in volumes_of(services["triton-gpu"])} == {"/repository", "/engines", "/models"}
 
 
+def certified_workloads() -> list[str]:
+    """The names certs-init passes to `python -m gateway.certs --names`."""
+    command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["certs-init"]["command"][0]
+    return command.split("--names ", 1)[1].split()[0].split(",")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Path:
+    """What certs-init makes, here: one folder per workload."""
+    out = tmp_path_factory.mktemp("certs")
+    certs.issue(out, certified_workloads())
+    return out
+
+
+def certificate_folder(service_name: str, service: dict) -> str:
+    """The workload name of the cert volume mounted at /certs."""
+    mount = next(v for v in volumes_of(service) if v["target"] == "/certs")
+    assert mount["read_only"] is True, service_name
+    return mount["source"].removeprefix("certs-")
+
+
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
-def test_the_mounted_settings_file_is_valid_for_each_service(services, name):
+def test_the_mounted_settings_file_is_valid_for_each_service(services, certificates, name):
+    """The service's settings as compose gives them: the mounted file and its environment,
+    with the certificate paths pointing at certificates made as certs-init makes them."""
     _, section, settings_cls, _, _ = PYTHON_SERVICES[name]
     service = services[name]
-    path = env_of(service)["LLMSUITE_CONFIG"]
-    mount = next(v for v in volumes_of(service) if v["target"] == path)
+    env = env_of(service)
+    mount = next(v for v in volumes_of(service) if v["target"] == env["LLMSUITE_CONFIG"])
     assert Path(mount["source"]).is_file() and mount.get("read_only") is True
-    load(settings_cls, section, environ={"LLMSUITE_CONFIG": mount["source"]})
+    folder = certificates / certificate_folder(name, service)
+    environ = {key: value.replace("/certs", str(folder)) if key.startswith("LLMSUITE_TLS_") else value
+               for key, value in env.items()} | {"LLMSUITE_CONFIG": mount["source"]}
+    settings = load(settings_cls, section, environ=environ)
+    assert settings.tls_cert_file == str(folder / "cert.pem")
+    assert set(settings.tls_allowed_clients) == ALLOWED_CLIENTS[name]
+
+
+def test_each_service_has_its_own_certificate_and_envoy_its_own(services):
+    """Compose's network is flat, so the services' gRPC ports take only mutual TLS from
+    the callers each one lists; every workload mounts only its own key."""
+    owners = {}
+    for name in PYTHON_SERVICES:
+        for service_name in [name] + (["generation-gpu"] if name == "generation" else []):
+            folder = certificate_folder(service_name, services[service_name])
+            assert folder == name, service_name
+            owners.setdefault(folder, set()).add(service_name)
+    assert all(len(users) == 1 or users == {"generation", "generation-gpu"} for users in owners.values())
+    envoy = {v["target"]: v for v in volumes_of(services["envoy"])}["/etc/envoy/certs"]
+    assert envoy["source"] == "certs-envoy" and envoy["read_only"] is True
+    made = {v["source"].removeprefix("certs-"): v["target"] for v in volumes_of(services["certs-init"])}
+    assert made == {name: f"/certs/{name}" for name in ["envoy", *PYTHON_SERVICES]}
+    assert set(certified_workloads()) == set(made)
+    # Envoy (uid 101) reads its key through the services' group.
+    assert services["envoy"]["group_add"] == ["10001"]
 
 
 def test_envoy_upstreams_are_compose_services(services):
@@ -197,7 +282,15 @@ def test_generated_envoy_configs_are_current():
 
 @pytest.mark.integration
 def test_compose_envoy_config_is_accepted_by_envoy(tmp_path):
-    text = (COMPOSE / "envoy.yaml").read_text().replace(deployments.DESCRIPTOR_SET, str(descriptor_set(tmp_path)))
+    certs.issue(tmp_path / "certs", ["envoy"])
+    text = ((COMPOSE / "envoy.yaml").read_text()
+            .replace(deployments.DESCRIPTOR_SET, str(descriptor_set(tmp_path)))
+            .replace(deployments.COMPOSE_CERTS, str(tmp_path / "certs" / "envoy")))
+    clusters = yaml.safe_load(text)["static_resources"]["clusters"]
+    for cluster in clusters:
+        if cluster["name"] != "envoy_admin":
+            tls = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+            assert tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {"exact": cluster["name"]}
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
     result = subprocess.run([str(envoy_binary()), "--mode", "validate", "-c", str(path)],

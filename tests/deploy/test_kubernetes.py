@@ -90,6 +90,37 @@ def test_containers_are_non_root_read_only_and_bounded(docs):
         assert any(m["mountPath"] in ("/tmp", "/data") for m in c["volumeMounts"]), name
 
 
+def probe_window_s(probe: dict) -> int:
+    """How long a probe must fail before it acts (Kubernetes' defaults: 10 s, 3 times)."""
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_every_container_is_restarted_when_it_hangs_or_dies(docs):
+    """The kubelet restarts a container that exits (restartPolicy Always) or whose
+    liveness probe fails for a while; readiness takes it out of traffic sooner."""
+    for name, workload in workloads(docs).items():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod.get("restartPolicy", "Always") == "Always", name
+        c = container(workload)
+        liveness, readiness = c["livenessProbe"], c["readinessProbe"]
+        assert probe_window_s(liveness) <= 120, f"{name}: a hung process would stay for minutes"
+        assert probe_window_s(readiness) <= probe_window_s(liveness), name
+        # Slow starters are covered by a startup probe, not by a lax liveness probe.
+        if name in PYTHON_SERVICES or name == "triton":
+            assert probe_window_s(c["startupProbe"]) >= 120, name
+
+
+def test_redis_keeps_its_append_only_file_on_a_persistent_volume(docs):
+    redis = workloads(docs)["redis"]
+    args = container(redis)["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    data = args[args.index("--dir") + 1]
+    mount = next(m for m in container(redis)["volumeMounts"] if m["mountPath"] == data)
+    claims = {t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in claims
+    assert not any(v["name"] == mount["name"] for v in redis["spec"]["template"]["spec"].get("volumes", []))
+
+
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_python_services_use_grpc_probes_on_their_documented_port(docs, name):
     module, section, _, port, metrics_port = PYTHON_SERVICES[name]
@@ -208,3 +239,66 @@ def test_overlays_pick_the_triton_hardware(overlay):
 def test_adapter_rules_define_the_metrics_the_autoscalers_read():
     rules = yaml.safe_load((K8S / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"]
     assert {rule["name"]["as"] for rule in rules} == {"triton_queue_time_per_request_us", "triton_gpu_utilization"}
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A label selector (matchLabels and In/NotIn/Exists expressions) against labels."""
+    if not selects(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        operator = expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+    return True
+
+
+def ingress_allowed(policies: list[dict], target: dict, port: int, source: dict) -> bool:
+    """Whether NetworkPolicies let a pod labelled `source` (in the namespace) reach
+    `port` of a pod labelled `target`."""
+    selecting = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]
+                 and _selects(p["spec"]["podSelector"], target)]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if not peers or any(("podSelector" in peer and _selects(peer["podSelector"], source))
+                                or peer.get("namespaceSelector") == {} for peer in peers):
+                return True
+    return False
+
+
+# gRPC (and state) ports -> the workloads that may reach them; nobody else may.
+MAY_REACH = {
+    ("router", 50051): {"envoy"},
+    ("authz", 50061): {"envoy"},
+    ("ratelimit", 50062): {"envoy"},
+    ("guardrails", 50052): {"envoy", "router"},
+    ("retrieval", 50053): {"envoy", "router"},
+    ("generation", 50054): {"envoy", "router"},
+    ("triton", TRITON_PORTS["grpc"]): {"generation"},
+    ("redis", 6379): {"authz", "ratelimit", "router"},
+    ("qdrant", 6333): {"retrieval"},
+}
+
+
+def test_only_envoy_reaches_the_services_grpc_ports(docs):
+    """The Kubernetes half of service-to-service trust: NetworkPolicies, evaluated for
+    every workload's pods and for a pod of anything else started in the namespace."""
+    policies = list(of_kind(docs, "NetworkPolicy").values())
+    labels = {name: w["spec"]["template"]["metadata"]["labels"] for name, w in workloads(docs).items()}
+    sources = {**labels, "intruder": {"app.kubernetes.io/name": "intruder"}}
+    for (target, port), allowed in MAY_REACH.items():
+        reaching = {name for name, source in sources.items() if ingress_allowed(policies, labels[target], port, source)}
+        assert reaching == allowed, (target, port)
+    # Everyone reaches the edge, and metrics stay scrapeable.
+    assert all(ingress_allowed(policies, labels["envoy"], ENVOY_PORT, source) for source in sources.values())
+    assert ingress_allowed(policies, labels["router"], PYTHON_SERVICES["router"][4], sources["intruder"])

@@ -1,19 +1,41 @@
 import collections
+import threading
 
 import grpc
 import pytest
 
 from services.stack.stack import Ports, Stack
+from services.stack.supervisor import Supervisor
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """The whole suite as `make run` starts it (secured edge included), on free ports."""
+def supervised(tmp_path_factory):
+    """The whole suite as `make run` starts and supervises it (secured edge included),
+    on free ports; yields the stack and the supervisor's reports."""
     suite = Stack(ports=Ports.free(), var_dir=tmp_path_factory.mktemp("stack"),
                   overrides={"router": {"canary_key": "e2e-canary-key"}})
     suite.start()
-    yield suite
-    suite.stop()
+    reports: list[str] = []
+    stop = threading.Event()
+    supervisor = threading.Thread(target=Supervisor(suite.processes, reports.append).run, args=(stop,),
+                                  name="supervisor", daemon=True)
+    supervisor.start()
+    try:
+        yield suite, reports
+    finally:
+        stop.set()
+        supervisor.join(10)
+        suite.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(supervised) -> Stack:
+    return supervised[0]
+
+
+@pytest.fixture(scope="session")
+def supervisor_reports(supervised) -> list[str]:
+    return supervised[1]
 
 
 @pytest.fixture(scope="session")

@@ -50,14 +50,18 @@ def start_upstream(log_dir: Path, name: str) -> tuple[ServiceProcess, int]:
 
 
 def descriptor_set(out_dir: Path) -> Path:
-    """The protos' descriptor set, built from protos/ so it always matches them."""
+    """The protos' descriptor set, built from protos/ so it always matches them, with
+    google.rpc.Status and its details as `make proto` builds it."""
+    import google.rpc
     from grpc_tools import protoc
 
     out = Path(out_dir) / "llmsuite.pb"
     protos = sorted(str(p.relative_to(REPO / "protos")) for p in (REPO / "protos").rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
-    code = protoc.main(["protoc", f"-I{REPO / 'protos'}", f"-I{include}", "--include_imports",
-                        f"--descriptor_set_out={out}", *protos])
+    googleapis = Path(next(iter(google.rpc.__path__))).parent.parent
+    code = protoc.main(["protoc", f"-I{REPO / 'protos'}", f"-I{include}", f"-I{googleapis}", "--include_imports",
+                        f"--descriptor_set_out={out}", *protos,
+                        "google/rpc/status.proto", "google/rpc/error_details.proto"])
     assert code == 0, "protoc failed to build the descriptor set"
     return out
 

@@ -18,7 +18,9 @@ import pytest
 import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from gateway.keys import add_key
@@ -88,11 +90,12 @@ def edge(tmp_path_factory, redis_url):
     jwks.write_text(signer.jwks())
     started = []
     try:
-        authz, ratelimit, upstreams, rl_metrics = [], [], [], []
+        authz, ratelimit, upstreams, rl_metrics, authz_logs = [], [], [], [], []
         for name in ("authz-a", "authz-b"):
             process, port = start_gateway_service("authz", {"keys_file": keys_file, "redis_url": redis_url}, tmp, name)
             started.append(process)
             authz.append(f"127.0.0.1:{port}")
+            authz_logs.append(process.log_path)
         for name in ("rl-a", "rl-b"):
             metrics_port = free_port()
             process, port = start_gateway_service("ratelimit", {"redis_url": redis_url, "metrics_port": metrics_port},
@@ -112,7 +115,7 @@ def edge(tmp_path_factory, redis_url):
         envoy = start_envoy(params, tmp)
         started.append(envoy)
         yield {"address": f"127.0.0.1:{params.listen_port}", "keys": keys, "signer": signer, "envoy": envoy,
-               "rl_metrics": rl_metrics}
+               "rl_metrics": rl_metrics, "authz_logs": authz_logs}
     finally:
         for process in reversed(started):
             process.stop()
@@ -225,7 +228,7 @@ def test_a_key_limit_is_exact_across_two_limiters_and_two_upstreams(edge, channe
             seen, _ = generate(channel, auth(key))
             return "ok", seen["replica"], {}
         except grpc.RpcError as err:
-            return err.code(), err.details(), dict(err.trailing_metadata() or ()) | dict(err.initial_metadata() or ())
+            return err.code(), err, dict(err.trailing_metadata() or ()) | dict(err.initial_metadata() or ())
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, range(RATE_LIMIT + 12)))
@@ -234,10 +237,21 @@ def test_a_key_limit_is_exact_across_two_limiters_and_two_upstreams(edge, channe
     assert len(ok) == RATE_LIMIT and len(limited) == 12, results
     assert {replica for _, replica, _ in ok} == {"up-a", "up-b"}, "both upstream replicas served"
     assert all(counted_decisions(port) > 0 for port in edge["rl_metrics"]), "both limiters were asked"
-    _, details, headers = limited[0]
-    assert f"{RATE_LIMIT} requests per minute for key 'limited'" in details
+    _, err, headers = limited[0]
+    assert f"{RATE_LIMIT} requests per minute for key 'limited'" in err.details()
     assert headers.get("x-ratelimit-limit", "").startswith(str(RATE_LIMIT))
     assert headers.get("x-ratelimit-remaining") == "0" and int(headers["retry-after"]) >= 1
+    # gRPC callers read when to retry from RetryInfo, and which quota from QuotaFailure.
+    status = rpc_status.from_call(err)
+    details = {}
+    for any_detail in status.details:
+        for kind in (error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure, error_details_pb2.ErrorInfo):
+            if any_detail.Is(kind.DESCRIPTOR):
+                details[kind.__name__] = kind()
+                any_detail.Unpack(details[kind.__name__])
+    assert details["RetryInfo"].retry_delay.seconds == int(headers["retry-after"])
+    assert details["QuotaFailure"].violations[0].subject == "key:limited"
+    assert details["ErrorInfo"].reason == "RATE_LIMITED"
     # Another key of the same tenant is not affected.
     assert generate(channel, auth(edge["keys"]["caller"]))[0]["key_id"] == "caller"
 
@@ -290,3 +304,115 @@ def test_access_log_records_request_id_tenant_and_status(edge, channel):
     edge["envoy"].wait_until(lambda: logged() is not None, "access log line", timeout=10)
     entry = logged()
     assert entry["tenant"] == "acme" and entry["key_id"] == "caller" and entry["grpc_status"] == 0
+
+
+def curl(edge, method: str, body: dict, key: str) -> tuple[int, str]:
+    """POSTs JSON with curl, as a user of the HTTP API would; returns (status, body)."""
+    result = subprocess.run(
+        ["curl", "-sS", "-N", "-o", "-", "-w", "\n%{http_code}",
+         f"http://{edge['address']}/llmsuite.inference.v1.InferenceService/{method}",
+         "-H", f"x-api-key: {key}", "-H", "content-type: application/json", "-d", json.dumps(body)],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    text, _, status = result.stdout.rpartition("\n")
+    return int(status), text
+
+
+def sse_events(body: str) -> list[dict]:
+    return [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def details_by_type(status: dict) -> dict[str, dict]:
+    return {detail["@type"].rsplit(".", 1)[-1]: detail for detail in status["details"]}
+
+
+def test_json_errors_carry_code_message_and_details(edge):
+    status, body = curl(edge, "Generate", {"prompt": "fail:INVALID_ARGUMENT"}, edge["keys"]["json"])
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert error["message"] == "the test upstream refuses this prompt"
+    details = details_by_type(error)
+    assert details["ErrorInfo"]["reason"] == "TEST_REFUSED"
+    assert details["BadRequest"]["fieldViolations"][0]["field"] == "prompt"
+
+
+def test_a_stream_failing_before_its_first_message_is_an_http_error(edge):
+    status, body = curl(edge, "GenerateStream", {"prompt": "fail:UNAVAILABLE"}, edge["keys"]["json"])
+    assert status == 503, body
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert details_by_type(error)["RetryInfo"]["retryDelay"] == "2s"
+
+
+def test_a_stream_failing_midway_ends_with_an_error_event(edge):
+    status, body = curl(edge, "GenerateStream", {"prompt": "fail-after:2:UNAVAILABLE"}, edge["keys"]["json"])
+    assert status == 200, body
+    events = sse_events(body)
+    assert [e["textDelta"] for e in events[:2]] == ["part 0 ", "part 1 "]
+    assert len(events) == 3 and "final" not in events[-1]
+    error = events[-1]["error"]
+    assert error["code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert error["message"] == "the test upstream is unavailable"
+    assert details_by_type(error)["ErrorInfo"]["reason"] == "TEST_UNAVAILABLE"
+
+
+def test_grpc_callers_of_a_failing_stream_get_its_status_not_an_error_message(edge, channel):
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    stream = stub.GenerateStream(inference_pb2.GenerateStreamRequest(prompt="fail-after:2:UNAVAILABLE"),
+                                 metadata=auth(edge["keys"]["caller"]), timeout=10)
+    received = []
+    with pytest.raises(grpc.RpcError) as err:
+        for message in stream:
+            received.append(message)
+    assert [m.text_delta for m in received] == ["part 0 ", "part 1 "]
+    assert not any(m.HasField("error") for m in received)
+    assert_grpc_error(err.value, grpc.StatusCode.UNAVAILABLE, "the test upstream is unavailable")
+
+
+def test_a_client_cannot_claim_to_be_the_transcoder(edge, channel):
+    """x-envoy-original-path marks transcoded calls; a gRPC client's copy is stripped."""
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    metadata = (*auth(edge["keys"]["caller"]), ("x-envoy-original-path", "/forged"))
+    stream = stub.GenerateStream(inference_pb2.GenerateStreamRequest(prompt="fail-after:1:UNAVAILABLE"),
+                                 metadata=metadata, timeout=10)
+    received = []
+    with pytest.raises(grpc.RpcError):
+        for message in stream:
+            received.append(message)
+    assert [m.HasField("error") for m in received] == [False]
+
+
+def access_log_entry(edge, request_id: str) -> dict | None:
+    for line in edge["envoy"].log_path.read_text().splitlines():
+        if request_id in line and line.startswith("{"):
+            return json.loads(line)
+    return None
+
+
+def test_query_strings_never_reach_the_logs(edge):
+    """A key or an address in a URL's query string is logged neither by Envoy nor by authz."""
+    leaked_key = edge["keys"]["json"]
+    query = f"?api_key={leaked_key}&email=jane.doe%40example.com"
+    url = f"http://{edge['address']}/llmsuite.inference.v1.InferenceService/Generate{query}"
+    request_ids = []
+    for headers in ({}, {"x-api-key": edge["keys"]["json"]}):
+        request = urllib.request.Request(url, data=b'{"prompt": "hi"}', method="POST",
+                                         headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, request_id = response.status, response.headers["x-request-id"]
+        except urllib.error.HTTPError as err:
+            status, request_id = err.code, err.headers["x-request-id"]
+        request_ids.append(request_id)
+        # Without a key authz refuses it; with one, the transcoder refuses the unknown
+        # query parameters (a clear 400, not an untranscoded call the service resets).
+        assert status == (401 if not headers else 400)
+    for request_id in request_ids:
+        edge["envoy"].wait_until(lambda: access_log_entry(edge, request_id) is not None, "access log line", timeout=10)
+        assert access_log_entry(edge, request_id)["method"] == "/llmsuite.inference.v1.InferenceService/Generate"
+    denied = "denied /llmsuite.inference.v1.InferenceService/Generate: missing"
+    logs = [path.read_text() for path in edge["authz_logs"]]
+    assert any(denied in text for text in logs), "the refusal was logged"
+    for text in [edge["envoy"].log_path.read_text(), *logs]:
+        assert leaked_key not in text and "jane.doe" not in text and "api_key=" not in text

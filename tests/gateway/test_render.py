@@ -13,6 +13,7 @@ from gateway.render import STREAMING_REQUEST_METHODS, EdgeSecurity, EnvoyParams,
 from tests.gateway.procs import descriptor_set
 
 FULL_ORDER = [
+    "envoy.filters.http.lua",
     "envoy.filters.http.header_mutation",
     "envoy.filters.http.local_ratelimit",
     "envoy.filters.http.jwt_authn",
@@ -24,9 +25,13 @@ FULL_ORDER = [
 ]
 
 
-def edge_listener(config: dict) -> dict:
+def network_filters(config: dict) -> dict[str, dict]:
     listener = next(item for item in config["static_resources"]["listeners"] if item["name"] == "edge")
-    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return {f["name"]: f["typed_config"] for f in listener["filter_chains"][0]["filters"]}
+
+
+def edge_listener(config: dict) -> dict:
+    return network_filters(config)["envoy.filters.network.http_connection_manager"]
 
 
 def filters(config: dict) -> list[str]:
@@ -74,8 +79,11 @@ def test_open_edge_still_strips_identity_headers():
     config = yaml.safe_load(render(EnvoyParams()))
     names = filters(config)
     assert "envoy.filters.http.ext_authz" not in names and "envoy.filters.http.ratelimit" not in names
-    mutation = edge_listener(config)["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
-    assert {m["remove"] for m in mutation} == {"x-llmsuite-tenant", "x-llmsuite-key-id", "x-llmsuite-scopes"}
+    mutation = next(f for f in edge_listener(config)["http_filters"]
+                    if f["name"] == "envoy.filters.http.header_mutation")["typed_config"]["mutations"]
+    assert {m["remove"] for m in mutation["request_mutations"]} == {
+        "x-llmsuite-tenant", "x-llmsuite-key-id", "x-llmsuite-scopes", "x-envoy-original-path"}
+    assert "envoy.filters.network.ratelimit" not in network_filters(config)
 
 
 @pytest.mark.parametrize("fail_closed", [False, True])
@@ -83,11 +91,28 @@ def test_ratelimit_failure_mode(fail_closed):
     config = yaml.safe_load(render(EnvoyParams(security=EdgeSecurity(ratelimit_fail_closed=fail_closed))))
     ratelimit = next(f for f in edge_listener(config)["http_filters"] if f["name"] == "envoy.filters.http.ratelimit")
     assert ratelimit["typed_config"]["failure_mode_deny"] is fail_closed
+    connections = network_filters(config)["envoy.filters.network.ratelimit"]
+    assert connections["failure_mode_deny"] is fail_closed
+    assert connections["descriptors"] == [{"entries": [{"key": "connection_address",
+                                                         "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}]}]
+
+
+def test_timeouts_and_header_limits():
+    hcm = edge_listener(yaml.safe_load(render(EnvoyParams(request_headers_timeout="3s", idle_timeout="7s",
+                                                           max_request_headers_kb=20))))
+    assert hcm["request_headers_timeout"] == "3s" and hcm["common_http_protocol_options"]["idle_timeout"] == "7s"
+    assert hcm["stream_idle_timeout"] == "120s"
+    # The codec allows more, so that the Lua filter's clear answer is what callers see.
+    assert hcm["max_request_headers_kb"] == 60
+    lua = hcm["http_filters"][0]["typed_config"]["default_source_code"]["inline_string"]
+    assert "local LIMIT = 20480" in lua
+    assert "%REQ_WITHOUT_QUERY(:PATH)%" in str(hcm["access_log"]) and "%REQ(:PATH)%" not in str(hcm["access_log"])
 
 
 def test_no_global_ratelimit_without_limiter_addresses():
     config = yaml.safe_load(render(EnvoyParams(security=EdgeSecurity(ratelimit=[]))))
     assert "envoy.filters.http.ratelimit" not in filters(config)
+    assert "envoy.filters.network.ratelimit" not in network_filters(config)
     assert "rate_limits" not in edge_listener(config)["route_config"]["virtual_hosts"][0]
 
 
