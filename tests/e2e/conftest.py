@@ -4,13 +4,14 @@ import grpc
 import pytest
 
 from services.stack.stack import Ports, Stack
+from tests.stack_fixtures import CPU_MODEL_REPOSITORY
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    """The whole suite as `make run` starts it (secured edge included), on free ports."""
+    """The whole suite as `make run` starts it (secured edge included), on free ports, with the stand-ins."""
     suite = Stack(ports=Ports.free(), var_dir=tmp_path_factory.mktemp("stack"),
-                  overrides={"router": {"canary_key": "e2e-canary-key"}})
+                  model_repository=CPU_MODEL_REPOSITORY, overrides={"router": {"canary_key": "e2e-canary-key"}})
     suite.start()
     yield suite
     suite.stop()
