@@ -165,6 +165,7 @@ class TritonGenerator:
                                              headers={REQUEST_ID_HEADER: request_id_var.get()})
         # Token boundaries need not fall on character boundaries.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        finished = False
         try:
             async for result, error in responses:
                 # Any answer, an error response included, shows Triton is reachable.
@@ -185,7 +186,12 @@ class TritonGenerator:
                     model_version=response.model_version,
                 )
                 if final:
-                    return
+                    finished = True
+                    break
+            if finished:
+                async for _ in responses:
+                    pass
+                return
             raise Unavailable("Triton ended the stream without a final response", retry_after_s=1.0)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAVAILABLE:
@@ -198,7 +204,8 @@ class TritonGenerator:
         finally:
             # Ending the call is how Triton learns that nobody waits for this
             # request any more (our caller left, or we are done); it then cancels it.
-            responses.cancel()
+            if not finished:
+                responses.cancel()
 
     async def model_status(self, spec: ModelSpec, timeout_s: float) -> tuple[bool, str]:
         """(ready, version) as Triton reports them; (False, configured version) if unreachable."""
