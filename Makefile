@@ -15,7 +15,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
+.PHONY: setup run test lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
@@ -79,6 +79,10 @@ eval-retrieval: setup
 
 eval-routing: setup
 	$(PY) evals/routing.py
+
+# The real CPU model over the whole stack: answers without and with retrieval.
+eval-answers: setup
+	$(PY) evals/answers.py
 
 bench: setup
 	$(PY) -m tests.gateway.bench_edge
