@@ -189,6 +189,9 @@ class TritonGenerator:
                     finished = True
                     break
             if finished:
+                # Triton closes the stream right after the final response. Cancelling
+                # instead races its stream handler (Triton 2.51), which then keeps
+                # the model loaded until --exit-timeout-secs at shutdown.
                 async for _ in responses:
                     pass
                 return
@@ -203,7 +206,7 @@ class TritonGenerator:
                               retry_after_s=1.0) from None
         finally:
             # Ending the call is how Triton learns that nobody waits for this
-            # request any more (our caller left, or we are done); it then cancels it.
+            # request any more (our caller left, or it failed); it then cancels it.
             if not finished:
                 responses.cancel()
 
