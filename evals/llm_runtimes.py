@@ -7,10 +7,10 @@ tokens, 2 threads:
     stream's tokens/s, and the tokens/s of 8 requests at once on 8 parallel slots
     (continuous batching), with a check that the 8 identical answers equal the
     single one;
-  - transformers + torch on the same GGUF loaded into dense weights (needs the
-    `gguf` package, not a suite dependency: `pip install gguf==0.19.0`; skipped
-    without it): time to first token, one sequence's tokens/s, and a batch of 8
-    in one generate() call.
+  - transformers + torch on the same GGUF loaded into dense weights (needs `gguf`
+    and `accelerate`, not suite dependencies: `pip install gguf==0.19.0
+    accelerate==1.15.0`; skipped without them): time to first token, one
+    sequence's tokens/s, and a batch of 8 in one generate() call.
 Timing is for the machine it runs on; the report records its load average.
 
     .venv/bin/python evals/llm_runtimes.py [--output reports/llm_runtimes.json]
@@ -104,8 +104,8 @@ def llama_cpp() -> dict:
 
 
 def transformers_torch() -> dict:
-    if importlib.util.find_spec("gguf") is None:
-        return {"runtime": "transformers + torch", "skipped": "the gguf package is not installed"}
+    if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+        return {"runtime": "transformers + torch", "skipped": "gguf or accelerate is not installed"}
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
