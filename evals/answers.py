@@ -244,9 +244,10 @@ def main() -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     for template, data in report["templates"].items():
         without, with_rag = data["without_rag"], data["with_rag"]
-        print(f"{template:8} answer rate without RAG {without['answer_rate']:.1%}, with RAG {with_rag['answer_rate']:.1%} "
-              f"(document retrieved {with_rag['document_retrieved']:.1%}, cites a source "
-              f"{with_rag['cites_a_retrieved_source']:.1%}); with RAG: client TTFT p50 {with_rag['client_ttft_ms']['p50']} ms, "
+        print(f"{template:8} answer rate without RAG {without['answer_rate']:.1%}, "
+              f"with RAG {with_rag['answer_rate']:.1%} (document retrieved {with_rag['document_retrieved']:.1%}, "
+              f"cites a source {with_rag['cites_a_retrieved_source']:.1%}); "
+              f"with RAG: client TTFT p50 {with_rag['client_ttft_ms']['p50']} ms, "
               f"{with_rag['request_output_tokens_per_s']['p50']} tokens/s per request; at generation TTFT "
               f"{with_rag['at_generation']['ttft_ms_mean']} ms, {with_rag['at_generation']['decode_tokens_per_s']} "
               f"tokens/s decoding; errors {without['errors'] + with_rag['errors']}")

@@ -18,7 +18,8 @@ def repository_with(tmp_path, weights_path: str):
     shutil.copytree(SOURCE, folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.rmtree(folder / "repository" / "full")
     config = folder / "repository" / "light" / "config.pbtxt"
-    config.write_text(config.read_text() + f'parameters: {{ key: "weights_path" value: {{ string_value: "{weights_path}" }} }}\n')
+    override = f'parameters: {{ key: "weights_path" value: {{ string_value: "{weights_path}" }} }}\n'
+    config.write_text(config.read_text() + override)
     return folder
 
 
@@ -46,5 +47,6 @@ def test_a_corrupted_model_file_fails_the_start_with_both_hashes(tmp_path):
     with gguf_file().open("rb") as source:
         truncated.write_bytes(source.read(1 << 20))
     log = start_fails(tmp_path, repository_with(tmp_path, str(truncated)))
-    assert re.search(r"light: model file \S+truncated\.gguf is corrupted or not the pinned file: sha256 is [0-9a-f]{64}, "
-                     r"expected b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", log), log[-3000:]
+    pinned = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert re.search(r"light: model file \S+truncated\.gguf is corrupted or not the pinned file: "
+                     rf"sha256 is [0-9a-f]{{64}}, expected {pinned}", log), log[-3000:]

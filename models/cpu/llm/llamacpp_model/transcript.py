@@ -14,7 +14,6 @@ A prompt that does not start with a role tag is one user message.
 
 import re
 
-ROLES = ("system", "user", "assistant")
 _TURN = re.compile(r"^<\|(system|user|assistant)\|>\n", re.MULTILINE)
 
 
