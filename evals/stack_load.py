@@ -1,8 +1,9 @@
 """Load on the whole suite through the secured edge (`make bench`, reports/stack.json).
 
-Starts everything `make run` starts (Triton with the CPU stand-in models, generation,
-guardrails, retrieval, router, authz, ratelimit, Envoy) on free ports, then runs
-concurrent gRPC clients against Envoy's InferenceService/Generate with an API key,
+Starts everything `make run` starts (Triton, generation, guardrails, retrieval,
+router, authz, ratelimit, Envoy) on free ports, with Triton on the CPU stand-in
+models: what is measured is the suite's own cost, not a model's (models/cpu/README.md).
+Then runs concurrent gRPC clients against Envoy's InferenceService/Generate with an API key,
 as an internal service would:
 
   - popular: 60 % of requests ask one of 30 common questions, Zipf-weighted, so most
@@ -43,6 +44,7 @@ from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc  # noqa: E40
 
 from evals.stats import percentile  # noqa: E402
 from services.stack.stack import Ports, Stack  # noqa: E402
+from services.triton.launcher import STANDIN_MODEL_REPOSITORY  # noqa: E402
 
 TARGET_PER_MINUTE = 10_000
 TARGET_P50_MS = 1000.0
@@ -162,7 +164,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         bench_config(tmp / "bench.yaml")
         os.environ["LLMSUITE_CONFIG"] = str(tmp / "bench.yaml")
-        stack = Stack(ports=Ports.free(), var_dir=tmp / "var")
+        stack = Stack(ports=Ports.free(), var_dir=tmp / "var", model_repository=STANDIN_MODEL_REPOSITORY)
         print("starting the stack ...", file=sys.stderr)
         # start() stops what it started if a component fails; stop() covers the rest.
         stack.start(report=lambda line: print(f"  {line}", file=sys.stderr))
@@ -181,6 +183,7 @@ def main() -> int:
                     "load_average_after": [round(x, 2) for x in load_after]},
         "setup": {"clients": args.clients, "warmup_s": args.warmup_seconds, "measured_s": round(elapsed, 1),
                   "max_tokens": MAX_TOKENS, "models": "CPU stand-ins (light 1 ms/token, full 4 ms/token)",
+                  "model_repository": str(STANDIN_MODEL_REPOSITORY.relative_to(REPO)),
                   "path": "Envoy (authz, rate limits) -> router -> guardrails, cache, generation -> Triton"},
         **summarise(rows, elapsed),
     }

@@ -1,4 +1,4 @@
-"""Start Triton (CPU stand-ins) and the generation service for integration tests.
+"""Start Triton (CPU stand-ins unless told otherwise) and the generation service for integration tests.
 
 Shared by tests/generation and the end-to-end tests: real processes on free ports,
 ready only when their health says so.
@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.triton.launcher import DEFAULT_MODEL_REPOSITORY
+from services.triton.launcher import DEFAULT_MODEL_REPOSITORY, STANDIN_MODEL_REPOSITORY
 from tests.harness import ServiceProcess, free_port, service_env, start_service
 
-CPU_MODEL_REPOSITORY = DEFAULT_MODEL_REPOSITORY
+# The stand-ins: the tests that know a model's exact answer run on them.
+CPU_MODEL_REPOSITORY = STANDIN_MODEL_REPOSITORY
+# The real models (SmolLM2-135M-Instruct on llama.cpp), as `make run` serves them.
+LLM_MODEL_REPOSITORY = DEFAULT_MODEL_REPOSITORY
 
 
 class TritonProcess(ServiceProcess):

@@ -13,20 +13,19 @@ class ModelSpec(BaseModel):
     triton_model: str = Field(min_length=1, description="Model name in Triton's repository.")
     version: str = Field("", pattern=r"^\d*$", description="Triton model version; empty means the latest.")
     tier: str = Field(pattern="^(light|full)$", description="Serving tier the model is meant for.")
-    description: str = Field("", description="Shown by ListModels; stand-ins must say that they are stand-ins.")
+    description: str = Field(
+        "", description="Shown by ListModels; empty takes the `description` parameter of the model's Triton "
+                        "config. Stand-ins must say that they are stand-ins.")
     max_context_tokens: int = Field(4096, ge=16, description="Prompt plus generated tokens the model accepts.")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when the request does not set it.")
 
 
+# Descriptions come from the Triton model configs (the `description` parameter), so
+# ListModels says what the running repository serves: real models or stand-ins.
+# Context sizes are those of the real CPU models' slots (models/cpu/llm).
 DEFAULT_MODELS = {
-    "light": ModelSpec(
-        triton_model="light", tier="light", max_context_tokens=2048, default_max_tokens=128,
-        description="Stand-in for a small fast model: deterministic placeholder text from the CPU "
-                    "model repository (models/cpu), for development and tests only."),
-    "full": ModelSpec(
-        triton_model="full", tier="full", max_context_tokens=8192, default_max_tokens=256,
-        description="Stand-in for a large model: deterministic placeholder text from the CPU "
-                    "model repository (models/cpu), for development and tests only."),
+    "light": ModelSpec(triton_model="light", tier="light", max_context_tokens=2048, default_max_tokens=128),
+    "full": ModelSpec(triton_model="full", tier="full", max_context_tokens=4096, default_max_tokens=512),
 }
 
 
@@ -37,7 +36,7 @@ class GenerationSettings(ServerSettings):
     triton_url: str = Field("127.0.0.1:8001", min_length=1, description="Triton gRPC endpoint (host:port).")
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: dict(DEFAULT_MODELS),
-        description="Models by the name callers use (YAML only); default: the light and full CPU stand-ins.")
+        description="Models by the name callers use (YAML only); default: Triton's `light` and `full`.")
 
     max_prompt_chars: int = Field(32_000, ge=1, description="Longest prompt accepted, in characters.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")

@@ -153,12 +153,19 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def ListModels(self, request, context):
         names = list(self._settings.models)
-        statuses = await asyncio.gather(*(
-            self._triton.model_status(self._settings.models[name], self._settings.readiness_timeout_s)
-            for name in names))
+        specs = [self._settings.models[name] for name in names]
+        timeout = self._settings.readiness_timeout_s
+        statuses = await asyncio.gather(*(self._triton.model_status(spec, timeout) for spec in specs))
+        # A model without a configured description is described by its Triton config,
+        # so the answer matches the repository Triton serves (real models or stand-ins).
+        descriptions = await asyncio.gather(*(
+            self._description(spec, timeout) for spec in specs))
         return generation_pb2.ListModelsResponse(models=[
             generation_pb2.ModelInfo(
-                name=name, version=version, tier=spec.tier, ready=ready, description=spec.description,
+                name=name, version=version, tier=spec.tier, ready=ready, description=description,
                 max_context_tokens=spec.max_context_tokens)
-            for name, (ready, version), spec in zip(names, statuses, (self._settings.models[n] for n in names))
+            for name, (ready, version), spec, description in zip(names, statuses, specs, descriptions)
         ])
+
+    async def _description(self, spec, timeout_s: float) -> str:
+        return spec.description or await self._triton.model_description(spec, timeout_s)

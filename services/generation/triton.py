@@ -167,6 +167,7 @@ class TritonGenerator:
                                              headers={REQUEST_ID_HEADER: request_id_var.get()})
         # Token boundaries need not fall on character boundaries.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        finished = False
         try:
             async for result, error in responses:
                 # An error response is an answer too: Triton is reachable, the request is wrong.
@@ -185,12 +186,20 @@ class TritonGenerator:
                     model_version=response.model_version,
                 )
                 if final:
-                    return
-            raise Incomplete
+                    finished = True
+                    break
+            if not finished:
+                raise Incomplete
+            # Triton closes the stream right after the final response. Cancelling
+            # instead races its stream handler (Triton 2.51), which then keeps
+            # the model loaded until --exit-timeout-secs at shutdown.
+            async for _ in responses:
+                pass
         finally:
             # Ending the call is how Triton learns that nobody waits for this
-            # request any more (our caller left, or we are done); it then cancels it.
-            responses.cancel()
+            # request any more (our caller left, or it failed); it then cancels it.
+            if not finished:
+                responses.cancel()
 
     async def model_status(self, spec: ModelSpec, timeout_s: float) -> tuple[bool, str]:
         """(ready, version) as Triton reports them; (False, configured version) if unreachable."""
@@ -206,3 +215,14 @@ class TritonGenerator:
         except InferenceServerException as err:
             log.debug("readiness of %s unknown: %s", spec.triton_model, err)
             return False, spec.version
+
+    async def model_description(self, spec: ModelSpec, timeout_s: float) -> str:
+        """The `description` parameter of the model's config in Triton; empty if unset or unreachable."""
+        try:
+            config = await self.client.get_model_config(spec.triton_model, spec.version, as_json=True,
+                                                        client_timeout=timeout_s)
+        except InferenceServerException as err:
+            log.debug("config of %s unknown: %s", spec.triton_model, err)
+            return ""
+        parameters = config.get("config", {}).get("parameters", {})
+        return parameters.get("description", {}).get("string_value", "")

@@ -13,8 +13,15 @@ from typing import Callable
 
 from gateway.keys import ensure_dev_key
 from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
+from services.common.config import load
 from services.common.paths import REPO
 from services.stack.processes import ServiceProcess, free_port
+from services.triton.config import TritonSettings
+
+
+def configured_model_repository() -> Path:
+    """Triton's repository as `python -m services.triton` would pick it (setting `triton.model_repository`)."""
+    return Path(load(TritonSettings, "triton").model_repository)
 
 
 @dataclass
@@ -66,7 +73,9 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     var_dir: Path = REPO / "var"
     listen_host: str = "127.0.0.1"
-    model_repository: Path = REPO / "models" / "cpu"
+    # The real CPU models unless LLMSUITE_TRITON_MODEL_REPOSITORY (or the YAML's
+    # triton section) says otherwise; tests that assert stand-in text pass the stand-ins.
+    model_repository: Path = field(default_factory=configured_model_repository)
     # Extra settings per section (tests tighten limits, set keys, ...).
     overrides: dict[str, dict] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)

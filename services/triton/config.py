@@ -9,7 +9,8 @@ from services.triton.launcher import DEFAULT_MODEL_REPOSITORY
 class TritonSettings(Settings):
     model_repository: str = Field(
         str(DEFAULT_MODEL_REPOSITORY),
-        description="Triton model repository, or a folder with one in repository/; default: the CPU stand-ins.")
+        description="Triton model repository, or a folder with one in repository/; default: the real CPU models "
+                    "(models/cpu/llm); models/cpu selects the deterministic stand-ins.")
     host: str = Field("127.0.0.1", description="Address Triton's gRPC, HTTP and metrics endpoints bind.")
     grpc_port: int = Field(8001, ge=1, le=65535, description="Triton gRPC port (the generation service uses it).")
     http_port: int = Field(8000, ge=1, le=65535, description="Triton HTTP port (health: /v2/health/ready).")

@@ -17,7 +17,10 @@ from pathlib import Path
 
 from services.common.paths import REPO
 
-DEFAULT_MODEL_REPOSITORY = REPO / "models" / "cpu"
+# The real CPU models (SmolLM2-135M-Instruct on llama.cpp): what `make run` serves.
+DEFAULT_MODEL_REPOSITORY = REPO / "models" / "cpu" / "llm"
+# The deterministic stand-ins: tests that assert exact text, benchmarks of the suite's overhead.
+STANDIN_MODEL_REPOSITORY = REPO / "models" / "cpu"
 BUILD_DIR = REPO / "build" / "triton"
 
 
@@ -65,9 +68,9 @@ def prepare_backends(build_dir: Path = BUILD_DIR) -> Path:
 def resolve_repository(path: Path) -> Path:
     """`path`, or its `repository/` folder when it has one.
 
-    A model folder such as models/cpu keeps the Triton repository next to code the
-    models share (models/cpu/standin), which must stay out of the repository root:
-    Triton takes every folder there for a model.
+    A model folder such as models/cpu/llm keeps the Triton repository next to code
+    the models share (models/cpu/llm/llamacpp_model), which must stay out of the
+    repository root: Triton takes every folder there for a model.
     """
     path = Path(path).resolve()
     nested = path / "repository"
@@ -79,7 +82,7 @@ def triton_command(model_repository: Path, grpc_port: int, http_port: int, metri
                    log_verbose: int = 0) -> tuple[list[str], dict[str, str]]:
     """Returns (argv, extra environment) to run tritonserver on `model_repository`.
 
-    `model_repository` may also be a folder holding one (models/cpu); see
+    `model_repository` may also be a folder holding one (models/cpu/llm); see
     resolve_repository().
     Every endpoint binds `host` (loopback by default: Triton has no authentication,
     so only the generation service should reach it).
@@ -114,7 +117,8 @@ def triton_command(model_repository: Path, grpc_port: int, http_port: int, metri
     inherited = os.environ.get("LD_LIBRARY_PATH", "")
     env = {
         "LD_LIBRARY_PATH": f"{libs}:{inherited}" if inherited else libs,
-        # Read by the models (see models/cpu/standin/__init__.py): the stub's
+        # Read by the models (models/cpu/llm/llamacpp_model/__init__.py, and the
+        # stand-ins' models/cpu/standin/__init__.py): the stub's
         # interpreter does not apply PYTHONPATH itself.
         "PYTHONPATH": str(site),
     }

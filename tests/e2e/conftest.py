@@ -6,14 +6,15 @@ import pytest
 
 from services.stack.stack import Ports, Stack
 from services.stack.supervisor import Supervisor
+from tests.stack_fixtures import CPU_MODEL_REPOSITORY
 
 
 @pytest.fixture(scope="session")
 def supervised(tmp_path_factory):
     """The whole suite as `make run` starts and supervises it (secured edge included),
-    on free ports; yields the stack and the supervisor's reports."""
+    on free ports, with the stand-ins; yields the stack and the supervisor's reports."""
     suite = Stack(ports=Ports.free(), var_dir=tmp_path_factory.mktemp("stack"),
-                  overrides={"router": {"canary_key": "e2e-canary-key"}})
+                  model_repository=CPU_MODEL_REPOSITORY, overrides={"router": {"canary_key": "e2e-canary-key"}})
     suite.start()
     reports: list[str] = []
     stop = threading.Event()
