@@ -3,12 +3,13 @@
 import argparse
 import sys
 
-from services.cli import generate, guardrails, retrieval
+from services.cli import audit, generate, guardrails, retrieval
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmsuite", description="Command line for the llmsuite serving stack.")
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
+    audit.add_parser(subparsers)
     generate.add_parser(subparsers)
     guardrails.add_parser(subparsers)
     retrieval.add_parser(subparsers)
