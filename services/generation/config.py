@@ -23,9 +23,17 @@ class ModelSpec(BaseModel):
 # Descriptions come from the Triton model configs (the `description` parameter), so
 # ListModels says what the running repository serves: real models or stand-ins.
 # Context sizes are those of the real CPU models' slots (models/cpu/llm).
+_LIGHT = ModelSpec(triton_model="light", tier="light", max_context_tokens=2048, default_max_tokens=128)
+_FULL = ModelSpec(triton_model="full", version="1", tier="full", max_context_tokens=4096, default_max_tokens=512)
+# Both CPU repositories serve two versions of `full`: version 1, and a version 2 that
+# differs in one setting (models/cpu/README.md, "Versions"). `full` stays on version 1
+# (Triton would otherwise answer with the newest); `full@1` and `full@2` name each
+# version, so the router can split the `full` alias between them (a canary rollout).
 DEFAULT_MODELS = {
-    "light": ModelSpec(triton_model="light", tier="light", max_context_tokens=2048, default_max_tokens=128),
-    "full": ModelSpec(triton_model="full", tier="full", max_context_tokens=4096, default_max_tokens=512),
+    "light": _LIGHT,
+    "full": _FULL,
+    "full@1": _FULL,
+    "full@2": _FULL.model_copy(update={"version": "2"}),
 }
 
 
@@ -36,7 +44,9 @@ class GenerationSettings(ServerSettings):
     triton_url: str = Field("127.0.0.1:8001", min_length=1, description="Triton gRPC endpoint (host:port).")
     models: dict[str, ModelSpec] = Field(
         default_factory=lambda: dict(DEFAULT_MODELS),
-        description="Models by the name callers use (YAML only); default: Triton's `light` and `full`.")
+        description="Models by the name callers use (YAML only); default: Triton's `light`, and `full` (version "
+                    "1) also as `full@1`, and its version 2 as `full@2`. A `<model>@<version>` name is a variant "
+                    "the router's rollouts can route to.")
 
     max_prompt_chars: int = Field(32_000, ge=1, description="Longest prompt accepted, in characters.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")

@@ -162,8 +162,8 @@ def _triton_metrics(stack) -> dict:
 
 
 def test_cancelling_a_stream_at_the_edge_cancels_the_triton_request(stack, inference):
-    active = ("llmsuite_standin_active_requests", (("model", "full"),))
-    cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled")))
+    active = ("llmsuite_standin_active_requests", (("model", "full"), ("version", "1")))
+    cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled"), ("version", "1")))
     before = _triton_metrics(stack).get(cancelled, 0)
     # The full stand-in answers 32-384 tokens at 4 ms each; a prompt is retried
     # only if its answer happened to finish before the cancellation arrived.

@@ -5,7 +5,7 @@ import pytest
 from grpc_status import rpc_status
 from google.rpc import error_details_pb2
 from llmsuite.generation.v1 import generation_pb2 as pb
-from standin.text import Sampling, complete, count_tokens, natural_length
+from standin.text import Sampling, complete, count_tokens, fails_on_purpose, natural_length
 
 from tests.generation.support import MAX_PROMPT_CHARS, scrape, standin_answer_range
 from tests.harness import assert_grpc_error, poll
@@ -86,9 +86,10 @@ def test_stop_string_ends_the_answer_before_it(stub):
 
 def test_list_models_reports_standins_ready(stub):
     models = {model.name: model for model in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
-    assert set(models) == {"light", "full"}
+    assert set(models) == {"light", "full", "full@1", "full@2"}
     for name, model in models.items():
-        assert model.ready and model.version == "1" and model.tier == name
+        assert model.ready and model.version == ("2" if name == "full@2" else "1")
+        assert model.tier == name.split("@")[0]
         assert "stand-in" in model.description.lower()
         assert model.max_context_tokens > 0
 
@@ -144,9 +145,9 @@ def test_cancelling_a_stream_cancels_the_triton_request(stub, triton):
     low, high = standin_answer_range("full")
     prompt = next(p for p in (f"Tell me a long story, part {i}." for i in range(200))
                   if natural_length("full", p, Sampling(), (low, high)) > 300)
-    cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled")))
-    completed = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "completed")))
-    active = ("llmsuite_standin_active_requests", (("model", "full"),))
+    cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled"), ("version", "1")))
+    completed = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "completed"), ("version", "1")))
+    active = ("llmsuite_standin_active_requests", (("model", "full"), ("version", "1")))
     before = scrape(triton.metrics_url)
 
     call = stub.GenerateStream(pb.GenerateStreamRequest(model="full", prompt=prompt,
@@ -171,3 +172,23 @@ def test_generation_metrics_use_genai_names(stub, generation_metrics_port):
     assert samples[("gen_ai_client_token_usage_sum", (model, ("gen_ai_token_type", "output")))] >= 3
     assert samples[("gen_ai_client_token_usage_sum", (model, ("gen_ai_token_type", "input")))] >= count_tokens(PROMPT)
     assert samples[("gen_ai_server_request_duration_seconds_count", (("error_type", ""), model))] >= 1
+
+
+def test_variant_names_reach_their_triton_versions(stub):
+    """full@2 is Triton's full version 2: the same text as version 1 (the stand-in seeds by
+    model name), and every prompt the canary fails on purpose is UNAVAILABLE, retries too."""
+    prompts = [f"Which variant answers question {n}?" for n in range(12)]
+    failing = [p for p in prompts if fails_on_purpose(p, 4)]
+    assert 0 < len(failing) < len(prompts)
+    params = pb.SamplingParams(max_tokens=8)
+    for prompt in prompts:
+        baseline = stub.Generate(pb.GenerateRequest(model="full@1", prompt=prompt, sampling=params), timeout=30)
+        assert baseline.model == "full@1" and baseline.model_version == "1"
+        if prompt in failing:
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Generate(pb.GenerateRequest(model="full@2", prompt=prompt, sampling=params), timeout=30)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            continue
+        canary = stub.Generate(pb.GenerateRequest(model="full@2", prompt=prompt, sampling=params), timeout=30)
+        assert canary.model_version == "2" and canary.text == baseline.text == expected("full", prompt, 8).text

@@ -8,16 +8,21 @@ standin/text.py: deterministic, meaningless, for development and tests only.
 Each request runs on its own thread (decoupled models answer from any thread), one
 token per `token_delay_ms`, checking for cancellation before every token so a caller
 that goes away stops the work. Every request ends with the final flag, errors too.
+
+Versions share config.pbtxt; a version folder's parameters.json overrides its
+parameters for that version (full/2 is slower and fails some prompts on purpose:
+the canary that the router's automatic rollback is tested against).
 """
 
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .text import Sampling, StopScanner, count_tokens, pieces
+from .text import Sampling, StopScanner, count_tokens, fails_on_purpose, pieces
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -30,8 +35,18 @@ class RequestError(Exception):
         self.code = pb_utils.TritonError.INVALID_ARG if code is None else code
 
 
-def _parameter(config: dict, key: str, default: str) -> str:
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+# A version folder may hold this file: a JSON object of parameters that override
+# config.pbtxt's for that version only (config.pbtxt is shared by all versions).
+VERSION_PARAMETERS = "parameters.json"
+
+
+def _parameters(config: dict, version_dir: Path) -> dict[str, str]:
+    """config.pbtxt's parameters, with the version's parameters.json on top."""
+    values = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+    overrides = version_dir / VERSION_PARAMETERS
+    if overrides.is_file():
+        values.update({key: str(value) for key, value in json.loads(overrides.read_text(encoding="utf-8")).items()})
+    return values
 
 
 def _scalar(request, name: str, default):
@@ -65,10 +80,14 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.model = args["model_name"]
-        self.token_delay_s = float(_parameter(config, "token_delay_ms", "1")) / 1000
-        low, high = _parameter(config, "answer_tokens", "16-64").split("-")
+        parameters = _parameters(config, Path(args["model_repository"]) / args["model_version"])
+        self.token_delay_s = float(parameters.get("token_delay_ms", "1")) / 1000
+        low, high = parameters.get("answer_tokens", "16-64").split("-")
         self.length_range = (int(low), int(high))
-        self.max_input_tokens = int(_parameter(config, "max_input_tokens", "4096"))
+        self.max_input_tokens = int(parameters.get("max_input_tokens", "4096"))
+        # A version made worse on purpose (a canary that must be rolled back): one
+        # prompt in fail_every fails as unavailable; 0 never.
+        self.fail_every = int(parameters.get("fail_every", "0"))
         self.log = pb_utils.Logger
         self._active = 0
         self._idle = threading.Condition()
@@ -82,8 +101,10 @@ class TritonPythonModel:
             name="llmsuite_standin_requests_total",
             description="Requests the stand-in model finished, by outcome (completed, cancelled, error)",
             kind=pb_utils.MetricFamily.COUNTER)
-        self._active_metric = self._active_family.Metric(labels={"model": self.model})
-        self._finished = {outcome: self._finished_family.Metric(labels={"model": self.model, "outcome": outcome})
+        # Labelled by version too: each version runs in its own process and counts its own.
+        labels = {"model": self.model, "version": args["model_version"]}
+        self._active_metric = self._active_family.Metric(labels=labels)
+        self._finished = {outcome: self._finished_family.Metric(labels={**labels, "outcome": outcome})
                           for outcome in ("completed", "cancelled", "error")}
 
     def execute(self, requests):
@@ -133,6 +154,13 @@ class TritonPythonModel:
                 self._finished[outcome].increment(1)
                 self._idle.notify_all()
 
+    def _fail_on_purpose(self, prompt: str) -> None:
+        """Fails the prompts whose sha256 is a multiple of fail_every: a property of the
+        request, like a model that breaks on some inputs, so a retry fails again."""
+        if self.fail_every and fails_on_purpose(prompt, self.fail_every):
+            raise RequestError(f"{self.model} is unavailable for this prompt on purpose (fail_every "
+                               f"{self.fail_every})", pb_utils.TritonError.UNAVAILABLE)
+
     def _generate(self, request, sender):
         """Streams the answer; returns the last response, or None when cancelled."""
         prompt = _scalar(request, "text_input", "")
@@ -141,6 +169,7 @@ class TritonPythonModel:
             raise RequestError("text_input is empty")
         if max_tokens is None or max_tokens < 1:
             raise RequestError("max_tokens must be at least 1")
+        self._fail_on_purpose(prompt)
         input_tokens = count_tokens(prompt)
         if input_tokens > self.max_input_tokens:
             raise RequestError(f"text_input has {input_tokens} tokens; this model takes at most {self.max_input_tokens}")

@@ -156,3 +156,9 @@ def complete(model: str, prompt: str, max_tokens: int, sampling: Sampling = Samp
         if stop:
             return Completion("".join(parts), produced, stopped=True)
     return Completion("".join(parts) + scanner.flush(), produced, stopped=True)
+
+
+def fails_on_purpose(prompt: str, fail_every: int) -> bool:
+    """Whether a stand-in version with `fail_every` fails this prompt (one in fail_every,
+    by the prompt's sha256, so tests can tell in advance)."""
+    return int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") % fail_every == 0

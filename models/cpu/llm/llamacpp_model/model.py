@@ -139,6 +139,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.model = args["model_name"]
+        self.version = args["model_version"]
         model_dir = Path(args["model_repository"])
         parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
         self.log = pb_utils.Logger
@@ -174,10 +175,12 @@ class TritonPythonModel:
             name="llmsuite_llm_engine_requests",
             description="Requests in llama.cpp's engine: processing (holding a slot) or deferred (waiting for one)",
             kind=pb_utils.MetricFamily.GAUGE)
-        self._active_metric = self._active_family.Metric(labels={"model": self.model})
-        self._finished = {outcome: self._finished_family.Metric(labels={"model": self.model, "outcome": outcome})
+        # Labelled by version too: each version runs its own engine and counts its own.
+        labels = {"model": self.model, "version": self.version}
+        self._active_metric = self._active_family.Metric(labels=labels)
+        self._finished = {outcome: self._finished_family.Metric(labels={**labels, "outcome": outcome})
                           for outcome in ("completed", "cancelled", "error")}
-        self._queue = {state: self._queue_family.Metric(labels={"model": self.model, "state": state})
+        self._queue = {state: self._queue_family.Metric(labels={**labels, "state": state})
                        for state in ("processing", "deferred")}
         self._sampler = threading.Thread(target=self._sample_queue, daemon=True)
         self._sampler.start()

@@ -1,7 +1,8 @@
 """Entry point Triton loads for this stand-in; the implementation is shared.
 
-Both stand-ins run models/cpu/standin/model.py; config.pbtxt parameters set what
-differs between them (per-token delay, answer length, prompt limit).
+Both stand-ins run models/cpu/standin/model.py; config.pbtxt parameters (and a
+version folder's parameters.json) set what differs (per-token delay, answer
+length, prompt limit, deliberate failures).
 """
 
 import sys

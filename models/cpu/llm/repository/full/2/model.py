@@ -1,0 +1,12 @@
+"""Entry point Triton loads for this model version; the implementation is shared.
+
+Both models run models/cpu/llm/llamacpp_model/model.py; config.pbtxt parameters
+(and this folder's parameters.json, if a version has one) set what differs.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from llamacpp_model.model import TritonPythonModel  # noqa: E402,F401  (the class Triton looks up)
