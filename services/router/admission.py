@@ -2,8 +2,11 @@
 
 Validation (tenant and key id only from the metadata the gateway sets), then the
 question's embedding and the input check at the same time, then the session's
-history and the tier choice. Both belong here, before the cache: the exact cache
-key covers the whole conversation, and cache entries are kept per model.
+history, the tier choice, the chosen model's variant for this user and the
+template version. They all belong here, before the cache: the exact cache key
+covers the whole conversation and the template version, and cache entries are
+kept per variant (an answer of a canary is not served to the baseline's users, nor
+after the canary was rolled back).
 """
 
 import asyncio
@@ -11,7 +14,7 @@ import logging
 import time
 
 import numpy as np
-from services.common.context import tenant_var
+from services.common.context import key_id_var, request_id_var, tenant_var
 from services.common.errors import FailedPrecondition
 from services.common.resilience import Deadline
 from services.router.cache import Scope, exact_key, template_id
@@ -19,8 +22,10 @@ from services.router.config import RouterSettings, TenantSettings
 from services.router.input_check import InputCheck
 from services.router.metrics import TIER_CHOICES
 from services.router.retrieval_client import RetrievalClient
+from services.router.rollout import Rollouts
 from services.router.sessions import SessionStore
 from services.router.state import TIER_NAMES, UPSTREAM_DOWN, CheckedInput, Report, RequestState, cache_plan
+from services.router.templates import Templates
 from services.router.tiers import TierChoice, choose
 from services.router.validation import InferenceRequest, Turn, validate
 
@@ -29,11 +34,13 @@ log = logging.getLogger(__name__)
 
 class Admission:
     def __init__(self, settings: RouterSettings, retrieval: RetrievalClient | None, input_check: InputCheck,
-                 sessions: SessionStore):
+                 sessions: SessionStore, rollouts: Rollouts, templates: Templates):
         self._settings = settings
         self._retrieval = retrieval
         self._input_check = input_check
         self._sessions = sessions
+        self._rollouts = rollouts
+        self._templates = templates
 
     async def admit(self, request, time_remaining: float | None, streaming: bool) -> RequestState:
         """The validated, checked request; raises what the caller must fix or retry."""
@@ -55,13 +62,15 @@ class Admission:
         if inference.session_id:
             history = await self._sessions.history(tenant_id, inference.session_id, tenant.history_turns)
         choice = self._choose(inference, history + checked.turns, rag)
-        template = settings.templates[tenant.template]
-        scope = Scope(tenant_id, choice.model, template_id(tenant.template, template), inference.sampling,
+        user_key = inference.user or key_id_var.get() or request_id_var.get()
+        variant = self._rollouts.assign(choice.model, tenant_id, user_key)
+        template = self._templates.active(tenant.template)
+        scope = Scope(tenant_id, variant, template_id(tenant.template, template), inference.sampling,
                       (inference.retrieval_collection, inference.retrieval_top_k, inference.retrieval_score_threshold))
         return RequestState(request=inference, tenant_id=tenant_id, tenant=tenant, deadline=deadline,
                             streaming=streaming, started=started, report=report, checked=checked, vector=vector,
-                            history=history, choice=choice, scope=scope, key=exact_key(scope, history + checked.turns),
-                            wanted=wanted)
+                            history=history, choice=choice, variant=variant, user_key=user_key, template=template,
+                            scope=scope, key=exact_key(scope, history + checked.turns), wanted=wanted)
 
     async def _check_and_embed(self, inference: InferenceRequest, tenant: TenantSettings, deadline: Deadline,
                                report: Report, *, embed: bool) -> tuple[CheckedInput, np.ndarray | None]:

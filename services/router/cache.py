@@ -90,6 +90,8 @@ class CachedAnswer:
     model: str
     model_version: str
     tier: int
+    # The variant of `model` that produced it (entries stored before variants existed have none).
+    variant: str = ""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False).encode("utf-8")

@@ -7,6 +7,7 @@ store: a fresh answer, unless the policy, a redaction or a degradation rules it 
 
 import logging
 from dataclasses import replace
+from typing import Sequence
 
 from llmsuite.inference.v1 import inference_pb2
 
@@ -46,12 +47,13 @@ class Caching:
         log.info("semantic cache hit", extra={"similarity": round(hit.similarity, 4)})
         return Answer.cached(hit.answer, inference_pb2.CACHE_STATUS_HIT_SEMANTIC)
 
-    async def fallback(self, state: RequestState) -> Answer | None:
-        """Any cached answer to this request, from either model, while generation is down."""
+    async def fallback(self, state: RequestState, variants: Sequence[str]) -> Answer | None:
+        """Any cached answer to this request, from any of `variants` or either tier's own model,
+        while generation is down."""
         plan = state.plan
         if not plan.write:
             return None
-        models = dict.fromkeys((state.scope.model, self._settings.light_model, self._settings.full_model))
+        models = dict.fromkeys((state.scope.model, *variants, self._settings.light_model, self._settings.full_model))
         scopes = [replace(state.scope, model=model) for model in models]
         for scope in scopes:
             cached = await self._cache.get(exact_key(scope, state.conversation))

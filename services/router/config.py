@@ -7,6 +7,8 @@ to TenantSettings; the `default` entry applies to every tenant without its own.
 from pydantic import Field, model_validator
 
 from services.common.config import ServerSettings, Settings
+from services.common.errors import InvalidArgument
+from services.router.variants import check_weights
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant of this organisation. Answer the user's question accurately and concisely. "
@@ -54,6 +56,31 @@ class TierPolicy(Settings):
          "spell", "how many", "capital of", "synonym", "yes or no", "convert"),
         description="Phrases (lower case) that mark a simple lookup.",
     )
+
+
+class RolloutSettings(Settings):
+    """The configured start of an alias's traffic split (AdminService changes it later;
+    once changed, the shared state wins over this)."""
+
+    baseline: str = Field(min_length=1, description="The variant Rollback returns to; one of `weights`.")
+    weights: dict[str, int] = Field(
+        min_length=1, description="Variant (a model name generation serves, e.g. full@2) -> relative weight.")
+
+
+class AutoRollbackSettings(Settings):
+    """When a canary is rolled back by itself (services/router/autorollback.py)."""
+
+    enabled: bool = Field(True, description="Roll a canary back when it is worse than the baseline.")
+    window_s: float = Field(300.0, gt=0, description="Sliding window of outcomes compared, in seconds.")
+    min_samples: int = Field(
+        20, ge=1, description="Outcomes the baseline and the canary each need in the window before a verdict.")
+    max_samples: int = Field(10_000, ge=10, description="Outcomes kept per variant (the newest).")
+    error_rate_margin: float = Field(
+        0.05, ge=0, le=1, description="How far the canary's error rate may exceed the baseline's (absolute).")
+    latency_margin: float = Field(
+        0.5, ge=0, description="How far the canary's p95 latency may exceed the baseline's (relative: 0.5 = 50%).")
+    min_latency_increase_s: float = Field(
+        0.05, ge=0, description="A p95 increase below this many seconds never counts (noise on fast answers).")
 
 
 class TenantSettings(Settings):
@@ -127,6 +154,25 @@ class RouterSettings(ServerSettings):
         description="Price per model name, USD per 1,000 tokens (YAML only); models without an entry cost 0.",
     )
     tiers: TierPolicy = Field(default_factory=TierPolicy, description="Complexity estimate and tier threshold (YAML only).")
+    rollouts: dict[str, RolloutSettings] = Field(
+        default_factory=dict,
+        description="Alias (light_model or full_model) -> starting variants and weights (YAML only); an alias "
+                    "without an entry is served by its own model.")
+    auto_rollback: AutoRollbackSettings = Field(
+        default_factory=AutoRollbackSettings, description="Automatic rollback of a worse canary (YAML only).")
+    state_poll_interval_s: float = Field(
+        0.25, gt=0, le=0.5,
+        description="How often rollouts and template versions are re-read from the shared state (two polls "
+                    "stay under a second).")
+
+    audit_dir: str = Field(
+        "", description="Directory of this replica's audit log (one per replica); empty: no audit log (logged).")
+    audit_hmac_key: str = Field(
+        "", description="Secret of the prompt and answer HMACs in audit records; share it between replicas. "
+                        "Empty draws a random one at start.")
+    audit_max_file_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Audit file size that starts a new file.")
+    audit_queue_size: int = Field(
+        10_000, ge=1, description="Audit records waiting for the writer; beyond it records are dropped (and counted).")
 
     semantic_threshold: float = Field(
         0.90, gt=0, le=1,
@@ -157,6 +203,14 @@ class RouterSettings(ServerSettings):
         for name, tenant in self.tenants.items():
             if tenant.template not in self.templates:
                 raise ValueError(f"tenants.{name}.template: no template named '{tenant.template}' in templates")
+        for alias, rollout in self.rollouts.items():
+            if alias not in (self.light_model, self.full_model):
+                raise ValueError(f"rollouts.{alias}: an alias is light_model or full_model "
+                                 f"({self.light_model!r} or {self.full_model!r})")
+            try:
+                check_weights(list(rollout.weights.items()), rollout.baseline)
+            except InvalidArgument as err:
+                raise ValueError(f"rollouts.{alias}: {err.message}") from None
         return self
 
     def tenant(self, tenant_id: str) -> TenantSettings:

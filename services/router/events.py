@@ -63,6 +63,15 @@ class Verdict:
     # Generation's closing record; None when the answer was cut (blocked).
     completion: Completion | None = None
 
+    @property
+    def outcome(self) -> str:
+        """The check's verdict as metrics and audit records name it."""
+        if self.blocked:
+            return "block"
+        if self.redacted:
+            return "redact"
+        return "unchecked" if self.unchecked else "allow"
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -82,13 +91,15 @@ class Answer:
     fresh: CachedAnswer | None = None
     # Output guardrails redacted it; such answers are not cached.
     redacted: bool = False
+    # The variant of `model` that produced it (rollout.py), e.g. full@2.
+    variant: str = ""
 
     @classmethod
     def cached(cls, cached: CachedAnswer, status: int) -> "Answer":
         """A cached answer: nothing was generated for it, so it reports no usage."""
         return cls(text=cached.text, finish_reason=finish_reason(cached.finish_reason),
                    tier=inference_pb2.TIER_CACHE, model=cached.model, model_version=cached.model_version,
-                   cache_status=status)
+                   cache_status=status, variant=cached.variant or cached.model)
 
     @property
     def from_cache(self) -> bool:

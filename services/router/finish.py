@@ -2,7 +2,9 @@
 
 Releases what the caller has not received yet (a cached answer's text, on a stream),
 offers a fresh answer to the cache, adds the session turn, accounts usage, cost and
-overhead, and builds the final message.
+overhead, writes the request's audit record (queued before the final message goes
+out, so every answered request has one) and builds the final message. A request
+that fails gets its audit record from `failed`.
 """
 
 import logging
@@ -12,6 +14,7 @@ from typing import AsyncIterator
 from llmsuite.inference.v1 import inference_pb2
 
 from services.common.context import request_id_var
+from services.router.auditing import Auditing
 from services.router.caching import Caching
 from services.router.config import RouterSettings
 from services.router.events import Answer, Delta, Final
@@ -25,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class Finish:
-    def __init__(self, settings: RouterSettings, caching: Caching, sessions: SessionStore):
+    def __init__(self, settings: RouterSettings, caching: Caching, sessions: SessionStore, auditing: Auditing):
         self._settings = settings
         self._caching = caching
         self._sessions = sessions
+        self._auditing = auditing
 
     async def finish(self, state: RequestState, answer: Answer) -> AsyncIterator[Delta | Final]:
         """Yields the text the caller has not received yet (streaming only), then the Final message."""
@@ -42,10 +46,11 @@ class Finish:
         overhead_s = max(time.perf_counter() - state.started - answer.generation_s, 0.0)
         OVERHEAD.observe(overhead_s)
         report = state.report
-        log.info("answered", extra={"model": answer.model, "tier": TIER_NAMES[answer.tier],
+        log.info("answered", extra={"model": answer.model, "variant": answer.variant, "tier": TIER_NAMES[answer.tier],
                                     "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
                                     "degraded": report.degraded,
                                     "cache": inference_pb2.CacheStatus.Name(answer.cache_status)})
+        self._auditing.answered(state, answer, cost)
         yield Final(inference_pb2.GenerateResponse(
             text=answer.text,
             finish_reason=answer.finish_reason,
@@ -64,7 +69,14 @@ class Finish:
             request_id=request_id_var.get(),
             overhead_ms=overhead_s * 1000,
             session_id=state.request.session_id or "",
+            model_variant=answer.variant,
+            template_version=state.template.version,
         ))
+
+    def failed(self, request, state: RequestState | None, err: BaseException) -> None:
+        """The exit of a request that ends with an error: its audit record (`state` is None
+        when admission refused it)."""
+        self._auditing.failed(request, state, err)
 
     def _account(self, answer: Answer) -> float:
         """Counts the answer, its tokens and its cost (nothing was generated for a cached one)."""

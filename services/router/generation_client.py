@@ -9,16 +9,21 @@ token arrived, the failure goes to the answer stage, which decides what to do.
 import time
 from typing import AsyncIterator
 
+import grpc
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
 from services.common.channels import upstream_channel, wait_serving
 from services.common.context import outgoing_metadata
-from services.common.errors import ResourceExhausted, ServiceError, Unavailable
+from services.common.errors import ResourceExhausted, ServiceError, Unavailable, from_rpc_error
 from services.common.resilience import Deadline, Incomplete, Upstream
 from services.common.sampling import Sampling
 from services.router.config import RouterSettings
 from services.router.events import Completion, Delta
 from services.router.upstream import upstream_for
+
+
+# Breakers per model name: the tiers' models and the variants operators route to.
+_MAX_UPSTREAMS = 64
 
 
 class ModelUnavailable(Unavailable):
@@ -49,14 +54,31 @@ class GenerationClient:
     def __init__(self, settings: RouterSettings):
         self._channel = upstream_channel(settings.generation_url)
         self._stub = generation_pb2_grpc.GenerationServiceStub(self._channel)
-        # Known models get their own breaker; any other name a client pins shares
-        # one, so clients cannot grow this map.
+        self._settings = settings
+        # Known models, and the variants of the rollouts, get their own breaker (so a
+        # failing canary opens only its own circuit); any other name a client pins
+        # shares one, so clients cannot grow this map.
         self.upstreams = {model: upstream_for(f"generation/{model}", settings)
                           for model in dict.fromkeys((settings.light_model, settings.full_model))}
         self._other = upstream_for("generation/other", settings)
 
     def upstream(self, model: str) -> Upstream:
         return self.upstreams.get(model, self._other)
+
+    def add_models(self, models: list[str]) -> None:
+        """Gives each of `models` (the rollouts' variants, set by operators) its own breaker."""
+        for model in models:
+            if model not in self.upstreams and len(self.upstreams) < _MAX_UPSTREAMS:
+                self.upstreams[model] = upstream_for(f"generation/{model}", self._settings)
+
+    async def models(self, timeout_s: float = 5.0) -> dict[str, bool]:
+        """The models generation serves: {name: ready}."""
+        try:
+            reply = await self._stub.ListModels(generation_pb2.ListModelsRequest(), timeout=timeout_s,
+                                                metadata=outgoing_metadata())
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, "generation") from None
+        return {model.name: model.ready for model in reply.models}
 
     async def stream(self, model: str, prompt: str, sampling: Sampling,
                      deadline: Deadline) -> AsyncIterator[Delta | Completion]:

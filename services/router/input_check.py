@@ -72,6 +72,7 @@ class InputCheck:
                 redacted = True
                 turns[index] = Turn(turn.role, verdict.sanitized_text)
                 restore_token = verdict.restore_token or restore_token
+        report.verdicts["input"] = "redact" if redacted else "allow"
         return CheckedInput(tuple(turns), redacted, restore_token)
 
     def _unchecked(self, request: InferenceRequest, tenant: TenantSettings, report: Report) -> CheckedInput:
@@ -80,5 +81,6 @@ class InputCheck:
             raise self._guardrails.fail_closed("input") from None
         log.warning("input guardrails unavailable; tenant fails open, input goes unchecked")
         report.degrade("guardrails_unavailable")
+        report.verdicts["input"] = "unchecked"
         GUARDRAIL_VERDICTS.labels("input", "unchecked").inc()
         return CheckedInput(request.turns)

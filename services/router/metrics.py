@@ -53,3 +53,22 @@ TOKENS = Counter(
     "llmsuite_router_tokens_total", "Tokens of generated answers, by model and direction (input, output).",
     ["model", "direction"],
 )
+VARIANT_REQUESTS = Counter(
+    "llmsuite_router_variant_requests_total",
+    "Generations per model alias and variant, by outcome: ok (answered), error (unavailable, circuit open, "
+    "overloaded or out of time).",
+    ["alias", "variant", "outcome"],
+)
+VARIANT_LATENCY = Histogram(
+    "llmsuite_router_variant_latency_seconds", "Generation time of answered requests, per model alias and variant.",
+    ["alias", "variant"], buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+ROLLBACKS = Counter(
+    "llmsuite_router_rollbacks_total",
+    "Canary rollbacks, by alias and reason: error_rate or latency (automatic), manual (Rollback).",
+    ["alias", "reason"],
+)
+VARIANT_WEIGHT = Gauge(
+    "llmsuite_router_variant_weight", "Share of an alias's users each variant serves now, in percent.",
+    ["alias", "variant"],
+)

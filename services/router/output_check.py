@@ -118,14 +118,6 @@ def _note(verdict: Verdict, response: guardrails_pb2.CheckOutputStreamResponse) 
         verdict.reasons.extend(response.reasons)
 
 
-def _verdict_name(verdict: Verdict) -> str:
-    if verdict.blocked:
-        return "block"
-    if verdict.redacted:
-        return "redact"
-    return "unchecked" if verdict.unchecked else "allow"
-
-
 async def _unguarded(source: AsyncIterator[Delta | Completion]) -> AsyncIterator[Delta | Verdict]:
     """The answer as generated, on a router without guardrails."""
     verdict = Verdict()
@@ -178,7 +170,7 @@ class OutputCheck:
             if not verdict.blocked:
                 verdict.completion = pump.completion
             verdict.generated_pieces = len(pump.pieces)
-            GUARDRAIL_VERDICTS.labels("output", _verdict_name(verdict)).inc()
+            GUARDRAIL_VERDICTS.labels("output", verdict.outcome).inc()
             yield verdict
         finally:
             await pump.stop()

@@ -1,23 +1,27 @@
 """The request pipeline, shared by unary and streaming calls: five stages over one RequestState.
 
   admit      validate; embed the question and check the input at the same time;
-             session history; tier choice                                  admission.py, input_check.py
+             session history; tier choice; the model's variant for this
+             user; the template version                                    admission.py, input_check.py
   cache      exact, then semantic                                          caching.py
   documents  retrieved documents within the token budget (RAG only)        documents.py
   answer     the prompt; the chosen model through the output check;
              full -> light; a cached answer when no model can              answer.py, output_check.py
   finish     the one exit of every answer: cache write, session turn,
-             usage, cost, metrics, the final message                       finish.py
+             usage, cost, metrics, audit record, the final message         finish.py
+             (a request that fails gets its audit record there too)
 
 Degradation: full model down -> light (degraded); retrieval down -> no documents
 (degraded); guardrails down -> fail closed unless the tenant fails open (degraded);
 every model down -> a cached answer (degraded) or UNAVAILABLE with RetryInfo.
 """
 
+import asyncio
 from typing import AsyncIterator
 
 from services.router.admission import Admission
 from services.router.answer import Answering
+from services.router.auditing import Auditing
 from services.router.cache import ResponseCache
 from services.router.caching import Caching
 from services.router.config import RouterSettings
@@ -30,31 +34,38 @@ from services.router.input_check import InputCheck
 from services.router.output_check import OutputCheck
 from services.router.prompt import SecretSource
 from services.router.retrieval_client import RetrievalClient
+from services.router.rollout import Rollouts
 from services.router.sessions import SessionStore
+from services.router.templates import Templates
 
 
 class Pipeline:
     def __init__(self, settings: RouterSettings, generation: GenerationClient, guardrails: GuardrailsClient | None,
                  retrieval: RetrievalClient | None, cache: ResponseCache, sessions: SessionStore,
-                 secrets: SecretSource):
+                 secrets: SecretSource, *, rollouts: Rollouts, templates: Templates, auditing: Auditing):
         caching = Caching(settings, cache)
-        self._admission = Admission(settings, retrieval, InputCheck(guardrails), sessions)
+        self._admission = Admission(settings, retrieval, InputCheck(guardrails), sessions, rollouts, templates)
         self._caching = caching
         self._documents = Documents(retrieval)
-        self._answering = Answering(settings, generation, OutputCheck(guardrails), caching, secrets)
-        self._finish = Finish(settings, caching, sessions)
+        self._answering = Answering(settings, generation, OutputCheck(guardrails), caching, secrets, rollouts)
+        self._finish = Finish(settings, caching, sessions, auditing)
 
     async def run(self, request, time_remaining: float | None, streaming: bool) -> AsyncIterator[Delta | Final]:
         """Yields released text (streaming calls only), then the Final message."""
-        state = await self._admission.admit(request, time_remaining, streaming)
-        answer = await self._caching.lookup(state)
-        if answer is None:
-            documents = await self._documents.find(state)
-            async for event in self._answering.answer(state, documents):
-                match event:
-                    case Delta():
-                        yield event
-                    case Answer():
-                        answer = event
-        async for event in self._finish.finish(state, answer):
-            yield event
+        state = None
+        try:
+            state = await self._admission.admit(request, time_remaining, streaming)
+            answer = await self._caching.lookup(state)
+            if answer is None:
+                documents = await self._documents.find(state)
+                async for event in self._answering.answer(state, documents):
+                    match event:
+                        case Delta():
+                            yield event
+                        case Answer():
+                            answer = event
+            async for event in self._finish.finish(state, answer):
+                yield event
+        except (Exception, asyncio.CancelledError) as err:
+            self._finish.failed(request, state, err)
+            raise

@@ -14,7 +14,7 @@ from llmsuite.inference.v1 import inference_pb2
 from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.common.resilience import Deadline
 from services.router.cache import Scope
-from services.router.config import TenantSettings
+from services.router.config import PromptTemplate, TenantSettings
 from services.router.metrics import DEGRADED
 from services.router.tiers import TierChoice
 from services.router.validation import InferenceRequest, Turn
@@ -75,6 +75,8 @@ class Report:
     findings: list[inference_pb2.GuardrailFinding] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
     sources: list[inference_pb2.Source] = field(default_factory=list)
+    # Stage ("input", "output") -> the guardrails' verdict (allow, redact, block, unchecked).
+    verdicts: dict[str, str] = field(default_factory=dict)
 
     def degrade(self, reason: str) -> None:
         if reason not in self.degraded:
@@ -115,7 +117,15 @@ class RequestState:
     # Earlier turns of the session, oldest first.
     history: tuple[Turn, ...]
     choice: TierChoice
-    # The cache scope of the chosen model, and the exact key of this conversation in it.
+    # The variant of the chosen model that serves this user (rollout.py); the model itself
+    # outside any rollout.
+    variant: str
+    # Who the variant is sticky to: the request's user, else the key id, else (no identity
+    # at all) the request id.
+    user_key: str
+    # The tenant's template in the version active when the request arrived (templates.py).
+    template: PromptTemplate
+    # The cache scope of the chosen variant, and the exact key of this conversation in it.
     scope: Scope
     key: str
     # The request's cache policy, before input guardrails had their say.

@@ -14,6 +14,7 @@ from services.router.config import RouterSettings, TenantSettings
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
+MAX_USER_CHARS = 128
 _ROLE_NAMES = {
     inference_pb2.ROLE_SYSTEM: "system",
     inference_pb2.ROLE_USER: "user",
@@ -40,6 +41,8 @@ class InferenceRequest:
     retrieval_score_threshold: float | None = None
     # True when the request used `prompt` rather than `messages` (for error fields).
     from_prompt: bool = False
+    # The end user the caller named (empty: none).
+    user: str = ""
 
 
 def _turns(request, settings: RouterSettings, allow_system: bool) -> tuple[Turn, ...]:
@@ -111,6 +114,8 @@ def validate(request, settings: RouterSettings, tenant: TenantSettings | None = 
                               field=f"messages[{len(turns) - 1}].role")
     if len(request.model) > 128:
         raise InvalidArgument("model name too long (at most 128 characters)", field="model")
+    if len(request.user) > MAX_USER_CHARS or not request.user.isprintable():
+        raise InvalidArgument(f"user must be at most {MAX_USER_CHARS} printable characters", field="user")
     retrieval = request.retrieval
     if retrieval.collection and not 0 <= retrieval.top_k <= 20:
         raise InvalidArgument("retrieval.top_k must be between 1 and 20 (0 for the default of 4)",
@@ -126,4 +131,5 @@ def validate(request, settings: RouterSettings, tenant: TenantSettings | None = 
         retrieval_top_k=retrieval.top_k or 4,
         retrieval_score_threshold=retrieval.score_threshold if retrieval.HasField("score_threshold") else None,
         from_prompt=bool(request.prompt),
+        user=request.user,
     )
