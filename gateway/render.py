@@ -21,6 +21,8 @@ TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 # reports the edge's readiness and describes every service of the suite.
 ROUTES = [
     ("/llmsuite.inference.v1.InferenceService/", "router", "120s", "300s"),
+    # The router serves the admin API too (it owns rollouts and templates).
+    ("/llmsuite.admin.v1.AdminService/", "router", "30s", "30s"),
     ("/llmsuite.guardrails.v1.GuardrailsService/", "guardrails", "30s", "120s"),
     ("/llmsuite.retrieval.v1.RetrievalService/", "retrieval", "120s", "600s"),
     ("/llmsuite.generation.v1.GenerationService/", "generation", "120s", "300s"),
@@ -39,7 +41,7 @@ STREAMING_REQUEST_METHODS = [
 ]
 
 # Services served as HTTP/JSON (and SSE for server streams) by the transcoder.
-JSON_SERVICES = ["llmsuite.inference.v1.InferenceService"]
+JSON_SERVICES = ["llmsuite.inference.v1.InferenceService", "llmsuite.admin.v1.AdminService"]
 
 DEFAULT_UPSTREAMS = {
     "router": ["127.0.0.1:50051"],

@@ -44,6 +44,8 @@ DEFAULT_RULES = (
     ScopeRule(path="/llmsuite.guardrails.v1.GuardrailsService/*", scope="guardrails"),
     # Direct model access bypasses the router's guardrails and budgets.
     ScopeRule(path="/llmsuite.generation.v1.GenerationService/*", scope="admin"),
+    # Rollouts and prompt templates change how every tenant is served.
+    ScopeRule(path="/llmsuite.admin.v1.AdminService/*", scope="admin"),
     # Anything not named above: deny unless admin, so a new route is never open by accident.
     ScopeRule(path="*", scope="admin"),
 )

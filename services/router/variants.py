@@ -140,9 +140,9 @@ def with_weights(rollout: Rollout, weights: Sequence[tuple[str, int]], baseline:
     """SetWeights: the new split (the baseline kept unless another is named)."""
     baseline = baseline or rollout.baseline
     checked = check_weights(weights, baseline)
-    if checked[baseline] == 0 and len([w for w in checked.values() if w > 0]) > 1:
-        raise InvalidArgument("the baseline must keep traffic while canaries run; use Promote to move all "
-                              "traffic to a canary", field="baseline")
+    if checked[baseline] == 0:
+        raise InvalidArgument("the baseline must keep traffic (the canaries are compared with it); use Promote "
+                              "to move all traffic to a canary", field="baseline")
     pairs = _ordered(baseline, checked)
     canary = any(name != baseline and weight > 0 for name, weight in pairs)
     return replace(rollout, baseline=baseline, weights=pairs, state=CANARY if canary else STABLE,

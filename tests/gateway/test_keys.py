@@ -117,6 +117,7 @@ def test_bad_keys_files_name_the_problem(text, fragment):
     ("/llmsuite.retrieval.v1.RetrievalService/Search", "retrieval:read"),
     ("/llmsuite.retrieval.v1.RetrievalService/Upsert", "retrieval:write"),
     ("/llmsuite.generation.v1.GenerationService/Generate", "admin"),
+    ("/llmsuite.admin.v1.AdminService/SetWeights", "admin"),
     ("/some.new.Service/Call", "admin"),
 ])
 def test_default_scope_rules(path, scope):
