@@ -34,9 +34,15 @@ def shell_env(stack):
             "LLMSUITE_ADMIN_KEY": admin_key}
 
 
+def operator_examples() -> list[str]:
+    return [line for line in _block("operator-examples").splitlines() if line.startswith((".venv/", "curl "))]
+
+
 def run_verbatim(command: str, stack, env) -> subprocess.CompletedProcess:
     command = (command.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}")
-               .replace("var/gateway/", f"{stack.var_dir}/gateway/"))
+               .replace("127.0.0.1:9101", f"127.0.0.1:{stack.ports.router_metrics}")
+               .replace("var/gateway/", f"{stack.var_dir}/gateway/")
+               .replace("var/audit/", f"{stack.var_dir}/audit/"))
     export = next(line for line in _block("grpcurl-examples").splitlines() if line.startswith("export "))
     export = export.replace("var/gateway/", f"{stack.var_dir}/gateway/")
     return subprocess.run(f"{export}\n{command}", shell=True, cwd=REPO, capture_output=True, text=True,
@@ -45,9 +51,10 @@ def run_verbatim(command: str, stack, env) -> subprocess.CompletedProcess:
 
 def test_readme_lists_grpcurl_for_every_service():
     examples = " ".join(grpcurl_examples())
-    for service in ("inference", "generation", "guardrails", "retrieval"):
+    calls = " ".join(grpcurl_examples() + operator_examples())
+    for service in ("inference", "generation", "guardrails", "retrieval", "admin"):
         assert f"describe llmsuite.{service}.v1." in examples
-        assert re.search(rf"llmsuite\.{service}\.v1\.\w+Service/\w+", examples), f"no call of {service}"
+        assert re.search(rf"llmsuite\.{service}\.v1\.\w+Service/\w+", calls), f"no call of {service}"
 
 
 @pytest.mark.integration
@@ -58,7 +65,7 @@ def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
     output = result.stdout
     words = command.split()
     if "list" in words:
-        for service in ("inference", "generation", "guardrails", "retrieval"):
+        for service in ("inference", "generation", "guardrails", "retrieval", "admin"):
             assert f"llmsuite.{service}.v1." in output
     elif "describe" in words:
         assert "is a service" in output and "rpc " in output
@@ -79,3 +86,56 @@ def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
 def test_readme_configuration_reference_matches_the_code():
     assert _block("config-reference").strip() == reference().strip(), \
         "regenerate the README block with: python -m tools.configdoc --readme"
+
+
+def _operator_output(method: str, output: str) -> None:
+    """What each line of the operator's guide shows, in the guide's order."""
+    if method == "audit":
+        assert output.startswith("ok: ") and "records" in output
+        return
+    if method == "metrics":
+        assert 'llmsuite_router_variant_weight{alias="full",variant="full@2"} 10.0' in output
+        return
+    reply = json.loads(output)
+    rollout = reply.get("rollout", {})
+    expected = {
+        "SetWeights": lambda: rollout["state"] == "ROLLOUT_STATE_CANARY" and rollout["baseline"] == "full@1",
+        "Generate": lambda: reply["model_variant"] in ("full@1", "full@2") and reply["model"] == "full",
+        "Rollback": lambda: rollout["state"] == "ROLLOUT_STATE_ROLLED_BACK"
+        and rollout["last_rollback"]["reason"] == "ROLLBACK_REASON_MANUAL"
+        and rollout["last_rollback"]["actor"] == "e2e-admin",
+        "Promote": lambda: rollout["state"] == "ROLLOUT_STATE_PROMOTED" and rollout["baseline"] == "full@2",
+        "GetRollout": lambda: rollout["alias"] == "full",
+        "ListTemplates": lambda: any(t["name"] == "default" for t in reply["templates"]),
+        "CreateTemplateVersion": lambda: reply["template"]["version"] == "2",
+        "ActivateTemplate": lambda: reply["template"]["active_version"] == "2",
+        "GetTemplate": lambda: reply["template"]["version"] == "2" and reply["active"],
+        "RollbackTemplate": lambda: reply["template"]["active_version"] == "1",
+    }
+    assert expected[method](), output
+
+
+def _operator_method(command: str) -> str:
+    if "audit verify" in command:
+        return "audit"
+    if "/metrics" in command:
+        return "metrics"
+    return re.search(r"Service/(\w+)", command).group(1)
+
+
+@pytest.mark.integration
+def test_readme_operator_guide_runs_verbatim_in_order(stack, shell_env):
+    commands = operator_examples()
+    assert [_operator_method(c) for c in commands].count("SetWeights") == 2 and "audit verify" in commands[-1]
+    try:
+        for command in commands:
+            result = run_verbatim(command, stack, shell_env)
+            assert result.returncode == 0, command + "\n" + result.stdout + result.stderr
+            _operator_output(_operator_method(command), result.stdout)
+    finally:
+        # The guide ends with full@2 promoted: give the shared stack its own full back.
+        reset = ("-d '{\"alias\": \"full\", \"baseline\": \"full\", \"weights\": [{\"variant\": \"full\", "
+                 "\"weight\": 100}]}'")
+        restored = run_verbatim('.venv/bin/grpcurl -plaintext -H "authorization: Bearer $LLMSUITE_ADMIN_KEY" '
+                                f'{reset} 127.0.0.1:8080 llmsuite.admin.v1.AdminService/SetWeights', stack, shell_env)
+        assert restored.returncode == 0, restored.stderr
