@@ -58,7 +58,7 @@ def test_not_serving_until_triton_is_up_and_models_warm(log_dir):
             stub = generation_pb2_grpc.GenerationServiceStub(channel)
             assert_unavailable(stub)
             models = stub.ListModels(pb.ListModelsRequest(), timeout=5).models
-            assert [model.ready for model in models] == [False, False]
+            assert [model.ready for model in models] == [False] * 4
             assert grpc_health_status(port) == health_pb2.HealthCheckResponse.NOT_SERVING
 
             triton, _ = start_triton(log_dir, name="triton-late", **triton_ports)

@@ -46,7 +46,7 @@ def test_bad_fields_are_named(request_, field):
 
 
 def test_unknown_model_lists_known_ones():
-    with pytest.raises(NotFound, match="known models: full, light"):
+    with pytest.raises(NotFound, match="known models: full, full@1, full@2, light"):
         validate(pb.GenerateRequest(model="nope", prompt="hi"), SETTINGS)
 
 
