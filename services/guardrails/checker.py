@@ -21,7 +21,7 @@ from services.guardrails.config import (
 )
 from services.guardrails.injection import InjectionDetector, InjectionResult
 from services.guardrails.pii import AnalysisTimeout, Budget, PiiScanner, non_overlapping
-from services.guardrails.terms import blocklist_regex, canary_regex, find_terms
+from services.guardrails.terms import blocklist_regex, find_canaries, find_terms
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Guard:
         findings += [Finding(BLOCKLIST_ENTITY, start, end, 1.0, policy.action(BLOCKLIST_ENTITY))
                      for start, end in find_terms(text, blocklist_regex(policy.blocklist))]
         findings += [Finding(CANARY_ENTITY, start, end, 1.0, Action.BLOCK)
-                     for start, end in find_terms(text, canary_regex(canaries))]
+                     for start, end in find_canaries(text, canaries)]
         metrics.STAGE_SECONDS.labels("pii").observe(time.perf_counter() - started)
         return drop_overlaps(findings)
 
