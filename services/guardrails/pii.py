@@ -6,11 +6,11 @@ download). A real spaCy model named in settings adds PERSON and LOCATION; it mus
 already be installed: the service never downloads one.
 
 Bounded work, whatever the text:
-  - every recognizer is linear in the text's length (recognizers.py), and so is
-    the context enhancer here;
+  - every recognizer is linear in the text's length (recognizers.py), and so are
+    the tokenizer and the context enhancer here;
   - the analyzer sees a long text in overlapping chunks (`CHUNK_CHARS`), so any
-    cost that grows faster than the length (spaCy's tokenizer on one long token,
-    Presidio's own passes over the findings) is paid per chunk, not per text;
+    cost that grows faster than the length (Presidio's own passes over the
+    findings, say) is paid per chunk, not per text;
   - a `Budget` (deadline and cancel flag) is checked before each chunk and each
     whole-text recognizer: a timed-out analysis raises `AnalysisTimeout`, and one
     whose caller went away (`Budget.cancel`) stops at its next check instead of
