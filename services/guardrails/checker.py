@@ -20,8 +20,8 @@ from services.guardrails.config import (
     BLOCKLIST_ENTITY, CANARY_ENTITY, INJECTION_ENTITY, Action, GuardrailsSettings, Policy, TenantPolicy,
 )
 from services.guardrails.injection import InjectionDetector, InjectionResult
-from services.guardrails.pii import PiiScanner, non_overlapping
-from services.guardrails.terms import blocklist_regex, canary_regex, find_terms
+from services.guardrails.pii import AnalysisTimeout, Budget, PiiScanner, non_overlapping
+from services.guardrails.terms import blocklist_regex, find_canaries, find_terms
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +87,28 @@ class Guard:
                                    "add it to the tenant's allowed_policies", reason="POLICY_NOT_ALLOWED")
         return self.settings.policies[requested]
 
-    def find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = ()) -> list[Finding]:
+    def find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = (),
+                   budget: Budget | None = None) -> list[Finding]:
         """PII, secrets, blocklist terms and canaries in text, without overlaps."""
         started = time.perf_counter()
+        budget = budget or Budget(self.settings.analysis_timeout_s)
         findings = [Finding(d.entity, d.start, d.end, d.score, policy.action(d.entity))
-                    for d in self.scanner.scan(text, policy.min_score)]
+                    for d in self.scanner.scan(text, policy.min_score, budget)]
         findings += [Finding(BLOCKLIST_ENTITY, start, end, 1.0, policy.action(BLOCKLIST_ENTITY))
                      for start, end in find_terms(text, blocklist_regex(policy.blocklist))]
         findings += [Finding(CANARY_ENTITY, start, end, 1.0, Action.BLOCK)
-                     for start, end in find_terms(text, canary_regex(canaries))]
+                     for start, end in find_canaries(text, canaries)]
         metrics.STAGE_SECONDS.labels("pii").observe(time.perf_counter() - started)
         return drop_overlaps(findings)
 
     async def _find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = ()) -> list[Finding]:
         if len(text) <= _INLINE_CHARS:
             return self.find_items(text, policy, canaries)
-        return await asyncio.to_thread(self.find_items, text, policy, canaries)
+        budget = Budget(self.settings.analysis_timeout_s)
+        try:
+            return await asyncio.to_thread(self.find_items, text, policy, canaries, budget)
+        finally:
+            budget.cancel()  # when this call was cancelled, its thread stops at its next check
 
     def _verdict(self, text: str, findings: list[Finding], tenant: str, placeholders: Placeholders,
                  reasons: list[str], restore_map: dict[str, str] | None = None) -> Outcome:
@@ -125,10 +131,11 @@ class Guard:
         metrics.ANALYSIS_ERRORS.labels(check).inc()
         log.error("%s analysis failed (%s); %s", check, _safe_error(err),
                   "blocking (fail closed)" if policy.fail_closed else "letting the text through (fail open)")
+        what = str(err) if isinstance(err, AnalysisTimeout) else "analysis failed"
         if policy.fail_closed:
-            return Outcome(Verdict.BLOCK, "", reasons=["analysis failed; blocked because the policy fails closed"],
+            return Outcome(Verdict.BLOCK, "", reasons=[f"{what}; blocked because the policy fails closed"],
                            stage="error")
-        return Outcome(Verdict.ALLOW, text, reasons=["analysis failed; allowed because the policy fails open"],
+        return Outcome(Verdict.ALLOW, text, reasons=[f"{what}; allowed because the policy fails open"],
                        stage="error")
 
     async def _analyse_input(self, text: str, policy: Policy) -> tuple[list[Finding], InjectionResult]:
@@ -176,9 +183,9 @@ class Guard:
         return outcome
 
     def check_output(self, text: str, policy: Policy, tenant: str, canaries: tuple[str, ...] = (),
-                     restore_map: dict[str, str] | None = None) -> Outcome:
+                     restore_map: dict[str, str] | None = None, budget: Budget | None = None) -> Outcome:
         try:
-            findings = self.find_items(text, policy, canaries)
+            findings = self.find_items(text, policy, canaries, budget)
             outcome = self._verdict(text, findings, tenant, Placeholders(restore_map), [], restore_map)
         except Exception as err:
             outcome = self.failed("output", policy, text, err)
@@ -189,7 +196,11 @@ class Guard:
                                  restore_map: dict[str, str] | None = None) -> Outcome:
         if len(text) <= _INLINE_CHARS:
             return self.check_output(text, policy, tenant, canaries, restore_map)
-        return await asyncio.to_thread(self.check_output, text, policy, tenant, canaries, restore_map)
+        budget = Budget(self.settings.analysis_timeout_s)
+        try:
+            return await asyncio.to_thread(self.check_output, text, policy, tenant, canaries, restore_map, budget)
+        finally:
+            budget.cancel()
 
     @staticmethod
     def _count(check: str, outcome: Outcome) -> None:

@@ -154,6 +154,11 @@ class GuardrailsSettings(ServerSettings):
     hash_key: str = Field(
         "", description="base64 key (16+ bytes) for the hash action's HMAC. Empty: random per process, so "
                         "hashes are stable only until a restart; set it to keep them stable across replicas.")
+    analysis_timeout_s: float = Field(
+        2.0, gt=0, le=600,
+        description="Longest one PII/secrets analysis may run (a check, or one step of a stream); past it the "
+                    "analysis stops and the policy decides (fail_closed: BLOCK). A call its caller cancels (or "
+                    "whose gRPC deadline passes) stops its analysis too.")
 
     @field_validator("restore_key")
     @classmethod

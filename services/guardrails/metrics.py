@@ -31,3 +31,8 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+ANALYSES_STOPPED = Counter(
+    "llmsuite_guardrails_analyses_stopped_total",
+    "PII analyses stopped before their end: timeout (past analysis_timeout_s), cancelled (the caller went away).",
+    ["reason"],
+)

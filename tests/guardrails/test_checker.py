@@ -88,7 +88,7 @@ def test_output_canaries_block_and_restoring_follows_redaction(guard):
 class BrokenScanner:
     entities = ()
 
-    def scan(self, text, min_score=0.0):
+    def scan(self, text, min_score=0.0, budget=None):
         raise RuntimeError("analyzer exploded on " + text)
 
 

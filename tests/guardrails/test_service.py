@@ -12,7 +12,7 @@ import pytest
 from llmsuite.guardrails.v1 import guardrails_pb2 as pb
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc
 
-from tests.harness import assert_grpc_error, free_port, start_service
+from tests.harness import assert_grpc_error, free_port, poll, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +170,27 @@ def test_reflection_and_metrics(service, stub):
     assert 'llmsuite_guardrails_verdicts_total{check="input",stage="blocklist",verdict="block"}' in metrics
     assert 'llmsuite_guardrails_findings_total{action="redact",check="input",entity="EMAIL_ADDRESS"}' in metrics
     assert "llmsuite_guardrails_injection_score_bucket" in metrics
+
+
+def stopped_analyses(service, reason: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{service['metrics_port']}/metrics", timeout=5) as page:
+        for line in page.read().decode().splitlines():
+            if line.startswith(f'llmsuite_guardrails_analyses_stopped_total{{reason="{reason}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_an_analysis_whose_caller_gave_up_stops(service, stub):
+    # Issue 14: the router gave up after its deadline, and the analysis went on for
+    # seconds in a thread. 100,000 characters of email addresses take over a second.
+    before = stopped_analyses(service, "cancelled")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CheckOutput(pb.CheckOutputRequest(text=("a@b.co " * 15_000)[:100_000]),
+                         metadata=meta("r-gave-up"), timeout=0.15)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    poll(lambda: stopped_analyses(service, "cancelled") > before, "the abandoned analysis stopping")
+    after = stub.CheckOutput(pb.CheckOutputRequest(text="mail ann@example.com"), metadata=meta("r-next"))
+    assert after.verdict == pb.VERDICT_REDACT
 
 
 def test_the_service_runs_the_fast_classifier_when_configured(tmp_path):
