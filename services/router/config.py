@@ -181,8 +181,8 @@ class RouterSettings(ServerSettings):
     )
     max_batch_requests: int = Field(100, ge=1, le=10_000, description="Most requests in one SubmitBatch.")
     job_ttl_s: float = Field(
-        86_400.0, gt=0, description="A job and its results are kept this long after submission and again after "
-                                    "it finished; the idempotency key is kept as long.",
+        86_400.0, gt=0, description="A job, its results and its idempotency key are kept this long after the "
+                                    "job's last result (or its submission).",
     )
     job_workers: int = Field(
         2, ge=0, le=64, description="Without Redis: requests of batch jobs this router answers at once (its "

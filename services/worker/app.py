@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.channels import insecure_channel, wait_serving
+from services.common.config import ConfigError
 from services.common.context import KEY_ID_HEADER, REQUEST_ID_HEADER, TENANT_HEADER
 from services.common.server import Service
 from services.router.job_runner import JobFailure, JobRunner, RunnerPolicy, item_request_id
@@ -79,6 +80,9 @@ async def _wait_for_queue(jobs: RedisJobs) -> None:
 
 
 def build_service(settings: WorkerSettings) -> Service:
+    if not settings.redis_url:
+        raise ConfigError("worker.redis_url (or $REDIS_URL) is required: the job queue lives in Redis; "
+                          "without Redis the router runs jobs itself (router.job_workers)")
     # A blocking read waits block_s, so the socket may take that long on top.
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s + settings.block_s,
                                      socket_connect_timeout=settings.redis_timeout_s, retry_on_timeout=False)

@@ -12,8 +12,8 @@ class WorkerSettings(ServerSettings):
 
     router_url: str = Field("127.0.0.1:50051", description="The router (InferenceService) the worker sends "
                                                            "each request of a job to, as the job's tenant.")
-    redis_url: str = Field("", min_length=1, description="Redis holding the job queue (also $REDIS_URL); "
-                                                         "required: without Redis the router runs jobs itself.")
+    redis_url: str = Field("", description="Redis holding the job queue (also $REDIS_URL); required: without "
+                                           "Redis there is no shared queue, and the router runs jobs itself.")
     redis_timeout_s: float = Field(2.0, gt=0, description="Deadline for one Redis command (a blocking read "
                                                           "waits block_s on top).")
     consumer: str = Field("", description="This worker's name in the consumer group; empty: host name and "

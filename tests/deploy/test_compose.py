@@ -21,8 +21,8 @@ from tests.harness import REPO
 
 COMPOSE = REPO / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
-EXPECTED_SERVICES = {"envoy", "keys-init", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation",
-                     "generation-gpu", "triton", "triton-gpu", "redis", "qdrant", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"envoy", "keys-init", "authz", "ratelimit", "router", "worker", "guardrails", "retrieval",
+                     "generation", "generation-gpu", "triton", "triton-gpu", "redis", "qdrant", "prometheus", "grafana"}
 ONE_SHOT = {"keys-init"}
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
