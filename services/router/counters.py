@@ -242,8 +242,11 @@ local function used(key, field)
 end
 local function add(keys, field, value)
   if value == 0 then return end
+  for i = 1, 3 do redis.call('HINCRBY', keys[i], field, string.format('%d', value)) end
+end
+-- Each window's hash expires a while after its window; set once, when it is new.
+local function expire(keys)
   for i = 1, 3 do
-    redis.call('HINCRBY', keys[i], field, string.format('%d', value))
     if redis.call('TTL', keys[i]) < 0 then redis.call('EXPIRE', keys[i], TTL[i]) end
   end
 end
@@ -271,6 +274,7 @@ end
 for _, s in ipairs(list) do
   add(s.keys, 'tokens', tonumber(ARGV[2]))
   add(s.keys, 'cost', tonumber(ARGV[3]))
+  expire(s.keys)
 end
 return {0, '', tostring(now)}
 """
@@ -290,6 +294,7 @@ if fits < 0 then fits = 0 end
 for _, s in ipairs(list) do
   add(s.keys, 'tokens', fits)
   add(s.keys, 'cost', math.floor(fits * npt + 0.5))
+  expire(s.keys)
 end
 return fits
 """
@@ -303,6 +308,7 @@ for _, s in ipairs(list) do
   for i = 1, count do
     add(s.keys, ARGV[1 + i * 2], tonumber(ARGV[2 + i * 2]))
   end
+  expire(s.keys)
 end
 return 1
 """

@@ -38,7 +38,10 @@ async def test_lua_windows_are_the_python_windows(client, at):
     now = at.timestamp()
     counters = RedisCounters(client, now=repr(now))
     await counters.record([Subject("p")], {"tokens": 3})
-    assert {key.decode() for key in await client.keys("p:*")} == set(window_keys("p", now).values())
+    keys = window_keys("p", now)
+    assert {key.decode() for key in await client.keys("p:*")} == set(keys.values())
+    assert [0 < await client.ttl(keys[w]) <= limit for w, limit in ((MINUTE, 120), (DAY, 2 * 86400),
+                                                                     (MONTH, 62 * 86400))] == [True] * 3
     for window in (MINUTE, DAY, MONTH):
         fields, read_at = await counters.read(Subject("p"), window)
         assert fields == {"tokens": 3} and read_at == pytest.approx(now)
