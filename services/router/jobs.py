@@ -219,7 +219,6 @@ class MemoryJobs:
         job = self._live(job_id)
         if job is not None and job.record.state not in FINISHED:
             job.record.state, job.record.finished_at = CANCELLED, self._clock()
-            self._touch(job)
 
     async def take(self, consumer: str, count: int, block_s: float) -> list[Entry]:
         try:
