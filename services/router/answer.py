@@ -135,8 +135,8 @@ class Answering:
         """The part of `text` the budget lets out (all of it without limits); debits its tokens."""
         if not meter.limited:
             return text
-        previous = release.text
-        tokens = estimate_added(previous, text)
+        # Only the previous piece's end matters: whether `text` continues its last word.
+        tokens = estimate_added(release.pieces[-1] if release.pieces else "", text)
         taken = await meter.take(tokens, model)
         release.counted += taken
         if taken == tokens:

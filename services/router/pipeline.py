@@ -9,7 +9,7 @@
              full -> light; a cached answer when no model can              answer.py, budgets.py, output_check.py
   finish     the one exit of every answer: cache write, session turn,
              the usage record (usage counters, budget settlement,
-             request log), metrics, the final message                     finish.py
+             request log), metrics, the final message                      finish.py, usage.py
 
 Degradation: full model down -> light (degraded); retrieval down -> no documents
 (degraded); guardrails down -> fail closed unless the tenant fails open (degraded);
