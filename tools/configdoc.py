@@ -19,6 +19,7 @@ from services.common.paths import REPO
 # section -> "module:Class" of its settings.
 SECTIONS = {
     "router": "services.router.config:RouterSettings",
+    "worker": "services.worker.config:WorkerSettings",
     "generation": "services.generation.config:GenerationSettings",
     "triton": "services.triton.config:TritonSettings",
     "guardrails": "services.guardrails.config:GuardrailsSettings",

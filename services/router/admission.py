@@ -11,7 +11,7 @@ import logging
 import time
 
 import numpy as np
-from services.common.context import tenant_var
+from services.common.context import key_id_var, tenant_var
 from services.common.errors import FailedPrecondition
 from services.common.resilience import Deadline
 from services.router.cache import Scope, exact_key, template_id
@@ -58,7 +58,8 @@ class Admission:
         template = settings.templates[tenant.template]
         scope = Scope(tenant_id, choice.model, template_id(tenant.template, template), inference.sampling,
                       (inference.retrieval_collection, inference.retrieval_top_k, inference.retrieval_score_threshold))
-        return RequestState(request=inference, tenant_id=tenant_id, tenant=tenant, deadline=deadline,
+        return RequestState(request=inference, tenant_id=tenant_id, tenant=tenant, key_id=key_id_var.get(),
+                            deadline=deadline,
                             streaming=streaming, started=started, report=report, checked=checked, vector=vector,
                             history=history, choice=choice, scope=scope, key=exact_key(scope, history + checked.turns),
                             wanted=wanted)

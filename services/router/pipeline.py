@@ -4,10 +4,12 @@
              session history; tier choice                                  admission.py, input_check.py
   cache      exact, then semantic                                          caching.py
   documents  retrieved documents within the token budget (RAG only)        documents.py
-  answer     the prompt; the chosen model through the output check;
-             full -> light; a cached answer when no model can              answer.py, output_check.py
+  answer     the prompt; the budget (tokens, spend); the chosen model
+             through the output check, stopped where the budget ends;
+             full -> light; a cached answer when no model can              answer.py, budgets.py, output_check.py
   finish     the one exit of every answer: cache write, session turn,
-             usage, cost, metrics, the final message                       finish.py
+             the usage record (usage counters, budget settlement,
+             request log), metrics, the final message                      finish.py, usage.py
 
 Degradation: full model down -> light (degraded); retrieval down -> no documents
 (degraded); guardrails down -> fail closed unless the tenant fails open (degraded);
@@ -18,11 +20,14 @@ from typing import AsyncIterator
 
 from services.router.admission import Admission
 from services.router.answer import Answering
+from services.router.budgets import Budgets
 from services.router.cache import ResponseCache
 from services.router.caching import Caching
 from services.router.config import RouterSettings
+from services.router.counters import Counters
 from services.router.documents import Documents
 from services.router.events import Answer, Delta, Final
+from services.router.feedback import RequestLog
 from services.router.finish import Finish
 from services.router.generation_client import GenerationClient
 from services.router.guardrails_client import GuardrailsClient
@@ -31,18 +36,20 @@ from services.router.output_check import OutputCheck
 from services.router.prompt import SecretSource
 from services.router.retrieval_client import RetrievalClient
 from services.router.sessions import SessionStore
+from services.router.usage import Usage
 
 
 class Pipeline:
     def __init__(self, settings: RouterSettings, generation: GenerationClient, guardrails: GuardrailsClient | None,
                  retrieval: RetrievalClient | None, cache: ResponseCache, sessions: SessionStore,
-                 secrets: SecretSource):
+                 secrets: SecretSource, counters: Counters, requests: RequestLog):
         caching = Caching(settings, cache)
         self._admission = Admission(settings, retrieval, InputCheck(guardrails), sessions)
         self._caching = caching
         self._documents = Documents(retrieval)
-        self._answering = Answering(settings, generation, OutputCheck(guardrails), caching, secrets)
-        self._finish = Finish(settings, caching, sessions)
+        self._answering = Answering(settings, generation, OutputCheck(guardrails), caching, secrets,
+                                    Budgets(settings, counters))
+        self._finish = Finish(settings, caching, sessions, Usage(settings, counters), requests)
 
     async def run(self, request, time_remaining: float | None, streaming: bool) -> AsyncIterator[Delta | Final]:
         """Yields released text (streaming calls only), then the Final message."""

@@ -6,6 +6,7 @@ dependency order; the next starts only when the previous reports ready. Stopping
 goes in reverse order with SIGTERM, so every service drains gracefully.
 """
 
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,8 @@ class Ports:
     retrieval_metrics: int = 9103
     generation: int = 50054
     generation_metrics: int = 9104
+    worker: int = 50055
+    worker_metrics: int = 9105
     triton_grpc: int = 8001
     triton_http: int = 8000
     triton_metrics: int = 8002
@@ -85,6 +88,20 @@ class Stack:
     def _env(self, section: str, **settings) -> dict[str, str]:
         return _settings_env(section, **{**settings, **self.overrides.get(section, {})})
 
+    def redis_url(self) -> str:
+        """The router's Redis ($REDIS_URL or a router override); empty: state and jobs stay in the router."""
+        return str(self.overrides.get("router", {}).get("redis_url") or os.environ.get("REDIS_URL", ""))
+
+    def _workers(self, grpc_ready) -> list[Component]:
+        """Batch-job workers: with Redis, one beside the router; without, the router runs jobs itself."""
+        if not self.redis_url():
+            return []
+        p = self.ports
+        return [Component("worker", _python("services.worker"),
+                          self._env("worker", port=p.worker, metrics_port=p.worker_metrics,
+                                    router_url=f"127.0.0.1:{p.router}", redis_url=self.redis_url()),
+                          grpc_ready(p.worker, 60))]
+
     def components(self) -> list[Component]:
         from services.triton.launcher import triton_command
 
@@ -129,6 +146,7 @@ class Stack:
                                 guardrails_url=f"127.0.0.1:{p.guardrails}",
                                 retrieval_url=f"127.0.0.1:{p.retrieval}"),
                       grpc_ready(p.router, 60)),
+            *self._workers(grpc_ready),
             Component("authz", _python("gateway.authz"),
                       self._env("authz", port=p.authz, metrics_port=p.authz_metrics, keys_file=keys_file),
                       grpc_ready(p.authz, 60)),

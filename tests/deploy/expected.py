@@ -8,6 +8,7 @@ from services.generation.config import GenerationSettings
 from services.guardrails.config import GuardrailsSettings
 from services.retrieval.config import RetrievalSettings
 from services.router.config import RouterSettings
+from services.worker.config import WorkerSettings
 
 # service -> (module, settings section, Settings class, gRPC port, metrics port)
 PYTHON_SERVICES: dict[str, tuple[str, str, type[ServerSettings], int, int]] = {
@@ -15,6 +16,7 @@ PYTHON_SERVICES: dict[str, tuple[str, str, type[ServerSettings], int, int]] = {
     "guardrails": ("services.guardrails", "guardrails", GuardrailsSettings, 50052, 9102),
     "retrieval": ("services.retrieval", "retrieval", RetrievalSettings, 50053, 9103),
     "generation": ("services.generation", "generation", GenerationSettings, 50054, 9104),
+    "worker": ("services.worker", "worker", WorkerSettings, 50055, 9105),
     "authz": ("gateway.authz", "authz", AuthzSettings, 50061, 9161),
     "ratelimit": ("gateway.ratelimit", "ratelimit", RateLimitSettings, 50062, 9162),
 }

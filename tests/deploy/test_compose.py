@@ -21,18 +21,21 @@ from tests.harness import REPO
 
 COMPOSE = REPO / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
-EXPECTED_SERVICES = {"envoy", "keys-init", "certs-init", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation",
-                     "generation-gpu", "triton", "triton-gpu", "redis", "qdrant", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"envoy", "keys-init", "certs-init", "authz", "ratelimit", "router", "worker", "guardrails",
+                     "retrieval", "generation", "generation-gpu", "triton", "triton-gpu", "redis", "qdrant",
+                     "prometheus", "grafana"}
 ONE_SHOT = {"keys-init", "certs-init"}
 # Who may call each service's gRPC port (mutual TLS): Envoy, the router for its
-# upstreams, and the service itself (its container's health check).
+# upstreams, the batch workers for the router, and the service itself (its
+# container's health check).
 ALLOWED_CLIENTS = {
-    "router": {"envoy", "router"},
+    "router": {"envoy", "router", "worker"},
     "guardrails": {"envoy", "router", "guardrails"},
     "retrieval": {"envoy", "router", "retrieval"},
     "generation": {"envoy", "router", "generation"},
     "authz": {"envoy", "authz"},
     "ratelimit": {"envoy", "ratelimit"},
+    "worker": {"worker"},
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,

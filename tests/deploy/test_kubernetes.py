@@ -278,19 +278,19 @@ def ingress_allowed(policies: list[dict], target: dict, port: int, source: dict)
 
 # gRPC (and state) ports -> the workloads that may reach them; nobody else may.
 MAY_REACH = {
-    ("router", 50051): {"envoy"},
+    ("router", 50051): {"envoy", "worker"},  # the batch workers answer through the router
     ("authz", 50061): {"envoy"},
     ("ratelimit", 50062): {"envoy"},
     ("guardrails", 50052): {"envoy", "router"},
     ("retrieval", 50053): {"envoy", "router"},
     ("generation", 50054): {"envoy", "router"},
     ("triton", TRITON_PORTS["grpc"]): {"generation"},
-    ("redis", 6379): {"authz", "ratelimit", "router"},
+    ("redis", 6379): {"authz", "ratelimit", "router", "worker"},
     ("qdrant", 6333): {"retrieval"},
 }
 
 
-def test_only_envoy_reaches_the_services_grpc_ports(docs):
+def test_only_envoy_and_named_callers_reach_the_services_grpc_ports(docs):
     """The Kubernetes half of service-to-service trust: NetworkPolicies, evaluated for
     every workload's pods and for a pod of anything else started in the namespace."""
     policies = list(of_kind(docs, "NetworkPolicy").values())

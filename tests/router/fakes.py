@@ -22,7 +22,9 @@ from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.resilience import Deadline
 from services.router.cache import ResponseCache
 from services.router.config import RouterSettings
+from services.router.counters import MemoryCounters
 from services.router.events import Completion, Delta, Final
+from services.router.feedback import RequestLog
 from services.router.generation_client import ModelUnavailable
 from services.router.guardrails_client import fail_closed
 from services.router.pipeline import Pipeline
@@ -171,10 +173,11 @@ class FakeRetrieval:
 
 
 def build_pipeline(settings: RouterSettings, generation: FakeGeneration, guardrails: FakeGuardrails | None = None,
-                   retrieval: FakeRetrieval | None = None) -> Pipeline:
+                   retrieval: FakeRetrieval | None = None, counters: MemoryCounters | None = None) -> Pipeline:
     cache = ResponseCache(MemoryStore(100), MemoryStore(10), settings.semantic_max_entries)
     sessions = SessionStore(MemoryStore(100), settings.session_max_turns, settings.session_ttl_s)
-    return Pipeline(settings, generation, guardrails, retrieval, cache, sessions, SecretSource("unit-test-key"))
+    return Pipeline(settings, generation, guardrails, retrieval, cache, sessions, SecretSource("unit-test-key"),
+                    counters or MemoryCounters(), RequestLog(MemoryStore(100), settings.feedback_window_s))
 
 
 async def ask(pipeline: Pipeline, prompt: str, *, tenant: str = "default", streaming: bool = False,
