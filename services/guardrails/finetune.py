@@ -29,11 +29,13 @@ from services.embedding.onnx_model import (
 
 RANK = 8
 ALPHA = 16
-EPOCHS = 6
+EPOCHS = 3
 LEARNING_RATE = 1e-3
 BATCH = 16
 MAX_TOKENS = 256
 SEED = 0
+# Batches per pool sorted by length (see _epoch_order).
+BUCKET_BATCHES = 8
 
 
 class _LowRank(torch.nn.Module):
@@ -94,6 +96,22 @@ def _batches(tokenizer, texts: list[str], order: np.ndarray, size: int):
         yield (chosen, torch.tensor([e.ids for e in encodings]), torch.tensor([e.attention_mask for e in encodings]))
 
 
+def _epoch_order(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
+    """A random order in which each batch holds rows of similar length.
+
+    Rows are shuffled, cut into pools of BUCKET_BATCHES batches, sorted by length
+    inside each pool, and the batches are shuffled again: padding (every row is
+    padded to its batch's longest) is most of the cost when short questions share a
+    batch with 256-token stories.
+    """
+    order = rng.permutation(len(lengths))
+    pool = BATCH * BUCKET_BATCHES
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.array_split(order, max(1, -(-len(order) // pool)))])
+    batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
 def fit(model_dir, texts: list[str], labels: np.ndarray, layers: int = BLOCKS) -> TunedClassifier:
     """Trains adapters and head on (texts, labels) with the first `layers` blocks;
     deterministic for one machine and thread count."""
@@ -110,9 +128,11 @@ def fit(model_dir, texts: list[str], labels: np.ndarray, layers: int = BLOCKS) -
     positive_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32)
     target = torch.tensor(labels, dtype=torch.float32)
     rng = np.random.default_rng(SEED)
+    # Real tokens per row (encode_batch pads every row to the longest).
+    lengths = np.asarray([sum(e.attention_mask) for e in tokenizer.encode_batch(texts)])
     model.train()
     for _ in range(EPOCHS):
-        for chosen, ids, mask in _batches(tokenizer, texts, rng.permutation(len(texts)), BATCH):
+        for chosen, ids, mask in _batches(tokenizer, texts, _epoch_order(rng, lengths), BATCH):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(ids, mask), target[chosen],
                                                                         pos_weight=positive_weight)
             optimiser.zero_grad()
@@ -125,7 +145,8 @@ def fit(model_dir, texts: list[str], labels: np.ndarray, layers: int = BLOCKS) -
 def predict(model: TunedClassifier, model_dir, texts: list[str]) -> np.ndarray:
     tokenizer = model_tokenizer(model_dir, MAX_TOKENS)
     out = np.zeros(len(texts))
+    by_length = np.argsort([sum(e.attention_mask) for e in tokenizer.encode_batch(texts)], kind="stable")
     with torch.no_grad():
-        for chosen, ids, mask in _batches(tokenizer, texts, np.arange(len(texts)), 64):
+        for chosen, ids, mask in _batches(tokenizer, texts, by_length, 64):
             out[chosen] = torch.sigmoid(model(ids, mask)).numpy()
     return out
