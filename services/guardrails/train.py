@@ -205,8 +205,6 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
     """Cross-validates, fits both models (the encoder cut to its first `layers`
     blocks), writes the adapters to `adapter_out` and returns the classifier (which
     records the adapters' sha256)."""
-    import scipy.sparse
-
     from services.embedding.embedder import MODEL_NAME, Embedder, model_dir
     from services.embedding.onnx_model import sha256_file
     from services.guardrails import finetune
