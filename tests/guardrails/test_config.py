@@ -3,7 +3,6 @@
 import base64
 import shutil
 
-import numpy as np
 import pytest
 
 from services.common.config import ConfigError, load
