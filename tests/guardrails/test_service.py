@@ -188,16 +188,43 @@ SCORED_ALONE = [
 ]
 
 
-def test_a_prompt_scores_the_same_alone_and_among_concurrent_callers(stub):
+@pytest.fixture(scope="module")
+def always_embed(tmp_path_factory):
+    """A service whose lexical gate never skips the encoder (a copy of the shipped classifier), so that
+    every prompt goes through the int8 encoder."""
+    import json
+    import shutil
+
+    from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH
+
+    tmp = tmp_path_factory.mktemp("always-embed")
+    data = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+    data["gate"] = {"benign_below": 0.0, "attack_above": 1.01}
+    (tmp / DEFAULT_PATH.name).write_text(json.dumps(data), encoding="utf-8")
+    shutil.copy(DEFAULT_ADAPTER_PATH, tmp / DEFAULT_ADAPTER_PATH.name)
+    process, port = start_service("guardrails", "guardrails", {"metrics_port": free_port(),
+                                                               "classifier_path": str(tmp / DEFAULT_PATH.name)},
+                                  tmp, name="guardrails-always-embed")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            yield guardrails_pb2_grpc.GuardrailsServiceStub(chan)
+    finally:
+        process.stop()
+
+
+def test_a_prompt_scores_the_same_alone_and_among_concurrent_callers(always_embed):
     from concurrent.futures import ThreadPoolExecutor
 
-    def score(i: int, text: str) -> float:
-        return stub.CheckInput(pb.CheckInputRequest(text=text), metadata=meta(f"d-{i}")).injection_score
+    def check(i: int, text: str) -> pb.CheckInputResponse:
+        return always_embed.CheckInput(pb.CheckInputRequest(text=text), metadata=meta(f"d-{i}"))
 
-    alone = {text: score(0, text) for text in SCORED_ALONE}
+    alone = {text: check(0, text) for text in SCORED_ALONE}
+    # No prompt is settled by the patterns alone, and the gate is off: every one was encoded.
+    assert all(any("learned classifier" in r for r in alone[t].reasons) for t in SCORED_ALONE)
+    assert len({round(alone[t].injection_score, 3) for t in SCORED_ALONE}) > 3  # scores differ by prompt
     mixed = [text for _ in range(5) for text in SCORED_ALONE]
     with ThreadPoolExecutor(12) as pool:
-        together = list(pool.map(score, range(len(mixed)), mixed))
-    assert {round(alone[t], 4) for t in SCORED_ALONE} != {round(alone[SCORED_ALONE[0]], 4)}  # not one constant
-    for text, value in zip(mixed, together):
-        assert abs(value - alone[text]) <= 1e-6, text
+        together = list(pool.map(check, range(len(mixed)), mixed))
+    for text, response in zip(mixed, together):
+        assert abs(response.injection_score - alone[text].injection_score) <= 1e-6, text
+        assert response.verdict == alone[text].verdict, text
