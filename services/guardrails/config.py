@@ -2,9 +2,9 @@
 
 A policy says, per entity, what happens to a finding (allow, redact, mask, hash,
 block), plus the injection thresholds (flag, block), the blocklist, whether
-analysis errors block (fail closed) and whether reversible redaction may be used. Tenants map to a
-policy; a request may name another policy only when its tenant lists it in
-`allowed_policies`, so one tenant cannot opt out of its own protection.
+analysis errors block (fail closed) and whether reversible redaction may be used.
+Tenants map to a policy; a request may name another policy only when its tenant
+lists it in `allowed_policies`, so one tenant cannot opt out of its own protection.
 """
 
 import base64
