@@ -2,8 +2,10 @@
 
 A check finds items (PII, secrets, blocklist terms, canaries), applies the policy's
 action to each, scores prompt injection (inputs only) and derives one verdict:
-BLOCK if anything blocks, else REDACT if anything was replaced, else ALLOW. When
-the analysis itself fails, the policy decides: fail closed (BLOCK) or open (ALLOW).
+BLOCK if anything blocks, else REDACT if anything was replaced, else FLAG if a
+prompt-injection finding was flagged (the text goes on as it is), else ALLOW. A
+flagged finding is in the findings whatever the verdict. When the analysis itself
+fails, the policy decides: fail closed (BLOCK) or open (ALLOW).
 """
 
 import asyncio
@@ -35,6 +37,7 @@ class Verdict(str, Enum):
     ALLOW = "allow"
     REDACT = "redact"
     BLOCK = "block"
+    FLAG = "flag"
 
 
 @dataclass
@@ -124,8 +127,9 @@ class Guard:
         if restore_map:
             sanitized = restore(sanitized, restore_map)
         replaced = any(f.action in (Action.REDACT, Action.MASK, Action.HASH) for f in findings)
-        return Outcome(Verdict.REDACT if replaced else Verdict.ALLOW, sanitized, findings, reasons,
-                       placeholders=placeholders)
+        flagged = any(f.action is Action.FLAG for f in findings)
+        verdict = Verdict.REDACT if replaced else Verdict.FLAG if flagged else Verdict.ALLOW
+        return Outcome(verdict, sanitized, findings, reasons, placeholders=placeholders)
 
     def failed(self, check: str, policy: Policy, text: str, err: Exception) -> Outcome:
         metrics.ANALYSIS_ERRORS.labels(check).inc()
@@ -158,15 +162,28 @@ class Guard:
         metrics.STAGE_SECONDS.labels("input").observe(time.perf_counter() - started)
         return findings, injection
 
+    @staticmethod
+    def _injection_finding(text: str, injection: InjectionResult, policy: Policy) -> tuple[Finding, str] | None:
+        """The PROMPT_INJECTION finding (BLOCK or FLAG) and its reason, when the score reaches the flag band."""
+        if injection.score < policy.injection_flag_threshold:
+            return None
+        blocks = policy.injection_action is Action.BLOCK and injection.score >= policy.injection_block_threshold
+        action, threshold = ((Action.BLOCK, policy.injection_block_threshold) if blocks
+                             else (Action.FLAG, policy.injection_flag_threshold))
+        reason = f"prompt injection score {injection.score:.2f} >= {action.value} threshold {threshold:.2f}"
+        log.info("prompt injection %s", "blocked" if blocks else "flagged",
+                 extra={"injection_score": round(injection.score, 4), "stage": injection.stage,
+                        "threshold": threshold})
+        return Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action), reason
+
     async def check_input(self, text: str, policy: Policy, tenant: str) -> Outcome:
         try:
             findings, injection = await self._analyse_input(text, policy)
             reasons = list(injection.reasons)
-            if injection.score >= policy.injection_threshold:
-                action = Action.BLOCK if policy.injection_action is Action.BLOCK else Action.ALLOW
-                findings.append(Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action))
-                reasons.insert(0, f"prompt injection score {injection.score:.2f} >= threshold "
-                                  f"{policy.injection_threshold:.2f}")
+            found = self._injection_finding(text, injection, policy)
+            if found is not None:
+                findings.append(found[0])
+                reasons.insert(0, found[1])
             outcome = self._verdict(text, findings, tenant, Placeholders(), reasons)
         except Exception as err:  # fail closed/open is the policy's call, whatever broke
             outcome = self.failed("input", policy, text, err)
@@ -177,7 +194,7 @@ class Guard:
         metrics.EMBEDDINGS.labels("computed" if injection.computed_embedding else "skipped").inc()
         outcome.injection_score = injection.score
         injection_blocked = any(f.entity == INJECTION_ENTITY and f.action is Action.BLOCK for f in findings)
-        if outcome.verdict is Verdict.ALLOW or (outcome.verdict is Verdict.BLOCK and injection_blocked):
+        if outcome.verdict in (Verdict.ALLOW, Verdict.FLAG) or (outcome.verdict is Verdict.BLOCK and injection_blocked):
             outcome.stage = injection.stage
         self._count("input", outcome)
         return outcome

@@ -4,8 +4,9 @@ from prometheus_client import Counter, Histogram
 
 VERDICTS = Counter(
     "llmsuite_guardrails_verdicts_total",
-    "Verdicts by check (input, output, stream) and the stage that decided them "
-    "(rules, lexical, semantic: injection stages; pii, blocklist, canary; error: analysis failed).",
+    "Verdicts (allow, redact, flag, block) by check (input, output, stream) and the stage that decided them "
+    "(rules, lexical, semantic: injection stages; pii, blocklist, canary; error: analysis failed). Flagged "
+    "prompts that were also redacted count as redact; findings_total{action=\"flag\"} counts every flag.",
     ["check", "verdict", "stage"],
 )
 FINDINGS = Counter(
