@@ -88,7 +88,7 @@ def language_switch(text: str) -> bool:
     return sum(count >= 2 for count in counts.values()) >= 2
 
 
-def _hidden_families(norm, text: str, plain: dict[str, str]) -> dict[str, str]:
+def _hidden_families(norm: Normalized, text: str, plain: dict[str, str]) -> dict[str, str]:
     """Families seen only once the text was de-obfuscated or decoded -> how it was hidden."""
     hidden: dict[str, str] = {}
     if norm.skeleton != norm.clean:
@@ -102,7 +102,8 @@ def _hidden_families(norm, text: str, plain: dict[str, str]) -> dict[str, str]:
     return hidden
 
 
-def _obfuscation(norm) -> list[str]:
+def _obfuscation(norm: Normalized) -> list[str]:
+    """Signs that the text hides its words from a plain reading."""
     markers = []
     if norm.invisible_chars:
         markers.append(f"{norm.invisible_chars} invisible characters inside words")
