@@ -4,6 +4,8 @@ Tenant policy lives in `tenants:`, a mapping from tenant id (as the gateway sets
 to TenantSettings; the `default` entry applies to every tenant without its own.
 """
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from services.common.config import ServerSettings, Settings
@@ -83,6 +85,11 @@ class TenantSettings(Settings):
     guardrails_policy: str = Field("", description="Guardrails policy name; empty lets guardrails pick the tenant's own.")
     guardrails_fail_open: bool = Field(
         False, description="When guardrails are unreachable, answer unchecked (marked degraded) instead of failing.",
+    )
+    on_injection_flag: Literal["pass", "block"] = Field(
+        "pass", description="What a prompt in guardrails' flag band (suspicious, not confidently an attack) gets: "
+                            "`pass` answers it with the finding reported; `block` refuses it like a block "
+                            "(INPUT_BLOCKED, reason INJECTION_FLAGGED in the details).",
     )
     reversible_redaction: bool = Field(
         False, description="Restore redacted input items (placeholders) in the answer, for this request only.",

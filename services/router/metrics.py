@@ -30,6 +30,11 @@ GUARDRAIL_VERDICTS = Counter(
     "llmsuite_router_guardrail_verdicts_total", "Guardrail outcomes, by stage (input, output) and verdict.",
     ["stage", "verdict"],
 )
+INJECTION_FLAGS = Counter(
+    "llmsuite_router_injection_flags_total",
+    "Client turns guardrails flagged as possible prompt injections, by outcome (passed, or blocked by the "
+    "tenant's on_injection_flag).", ["outcome"],
+)
 BREAKER_STATE = Gauge(
     "llmsuite_router_breaker_state", "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
     ["upstream"],
