@@ -9,7 +9,7 @@ import pytest
 
 from services.guardrails.classifier import InjectionClassifier
 from services.guardrails.config import GuardrailsSettings
-from services.guardrails.service import build_guard, load_embedder
+from services.guardrails.app import build_guard, load_embedder
 
 PROMPTS = [
     "Question 449008935-18: what is the capital of France?",
