@@ -65,7 +65,8 @@ def parse_json(raw: bytes) -> Any:
     if not raw:
         raise bad_request("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        # Decoded here: json.loads would guess UTF-16 or UTF-32 from the first bytes.
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise bad_request("the request body is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as err:
