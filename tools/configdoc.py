@@ -25,6 +25,7 @@ SECTIONS = {
     "retrieval": "services.retrieval.config:RetrievalSettings",
     "authz": "gateway.authz.config:AuthzSettings",
     "ratelimit": "gateway.ratelimit.config:RateLimitSettings",
+    "openai": "services.openai.config:OpenAISettings",
 }
 
 
