@@ -82,6 +82,8 @@ def build_app(settings: OpenAISettings, api: Api) -> web.Application:
                                    "permission_error", "caller_not_allowed")
                 response = await handler(request)
             except ApiError as err:
+                if err.status >= 500:
+                    log.warning("answered %d on %s: %s", err.status, route, err.message)
                 response = error_response(err)
             except web.HTTPException as err:
                 response = error_response(_from_http_exception(err, settings))

@@ -110,10 +110,10 @@ class Api:
                 await response.write(_event(translate.final_chunk(message.final, completion, with_usage=with_usage)))
                 if with_usage:
                     await response.write(_event(translate.usage_chunk(message.final, completion)))
-            except grpc.aio.AioRpcError as err:
-                await response.write(_event(from_rpc_error(err, "router").body()))
-            except ApiError as err:
-                await response.write(_event(err.body()))
+            except (grpc.aio.AioRpcError, ApiError) as err:
+                error = from_rpc_error(err, "router") if isinstance(err, grpc.aio.AioRpcError) else err
+                log.warning("stream failed after its first chunk: %s", error.message)
+                await response.write(_event(error.body()))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
