@@ -57,7 +57,7 @@ def _rows(cls: type[Settings], env_prefix: str, skip: set[str]) -> list[str]:
 
 
 def reference() -> str:
-    lines = ["### Every service", "", "Each gRPC service has these, in its own section.", "",
+    lines = ["### Every service", "", "Each service has these, in its own section (the OpenAI API, `openai`, serves HTTP on `port`).", "",
              *_rows(ServerSettings, "LLMSUITE_<SECTION>_", set()), ""]
     common = set(ServerSettings.model_fields)
     for section, target in SECTIONS.items():
