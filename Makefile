@@ -94,6 +94,7 @@ eval-answers: setup
 bench: setup
 	$(PY) -m tests.gateway.bench_edge
 	$(PY) evals/stack_load.py
+	$(PY) evals/openai_load.py
 
 # Regenerate what is derived from code: the README's configuration reference and
 # the Envoy configs committed for compose and Kubernetes.

@@ -51,6 +51,13 @@ DEFAULT_RULES = (
     ScopeRule(path="/llmsuite.guardrails.v1.GuardrailsService/*", scope="guardrails"),
     # Direct model access bypasses the router's guardrails and budgets.
     ScopeRule(path="/llmsuite.generation.v1.GenerationService/*", scope="admin"),
+    # The OpenAI-compatible API (services/openai) needs the scopes of the RPCs it calls;
+    # the model list is part of inference, and shows the embedding model to keys
+    # that also hold retrieval:read.
+    ScopeRule(path="/v1/chat/completions", scope="inference"),
+    ScopeRule(path="/v1/models", scope="inference"),
+    ScopeRule(path="/v1/models/*", scope="inference"),
+    ScopeRule(path="/v1/embeddings", scope="retrieval:read"),
     # Anything not named above: deny unless admin, so a new route is never open by accident.
     ScopeRule(path="*", scope="admin"),
 )

@@ -122,6 +122,12 @@ def test_bad_keys_files_name_the_problem(text, fragment):
     ("/llmsuite.retrieval.v1.RetrievalService/Upsert", "retrieval:write"),
     ("/llmsuite.generation.v1.GenerationService/Generate", "admin"),
     ("/some.new.Service/Call", "admin"),
+    ("/v1/chat/completions", "inference"),
+    ("/v1/models", "inference"),
+    ("/v1/models/llmsuite/light?x=1", "inference"),
+    ("/v1/embeddings", "retrieval:read"),
+    ("/v1/completions", "admin"),
+    ("/v1/./embeddings", "admin"),
 ])
 def test_default_scope_rules(path, scope):
     assert required_scope(path, DEFAULT_RULES) == scope
