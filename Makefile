@@ -8,9 +8,8 @@ PROTOS   := $(shell find protos -name '*.proto')
 DEPS     := $(VENV)/.deps-installed
 STUBS    := gen/.stamp
 MODELS   := build/.embedding-models
-# Guardrails' fine-tuned encoders: low-rank adapters merged into all-MiniLM-L6-v2
-# (the default, six blocks) and into its first block only (the fast option).
-ADAPTERS := services/guardrails/data/injection_adapter.npz services/guardrails/data/injection_adapter_fast.npz
+# Guardrails' fine-tuned encoder: low-rank adapters merged into all-MiniLM-L6-v2.
+ADAPTERS := services/guardrails/data/injection_adapter.npz
 SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
@@ -81,8 +80,6 @@ test-unit: $(DEPS) $(STUBS) $(MODELS)
 # Evaluations and benchmarks write reports/*.json; they are not part of `make test`.
 eval-guardrails: setup
 	$(PY) evals/guardrails.py
-	$(PY) evals/guardrails.py --classifier services/guardrails/data/injection_classifier_fast.json \
-	  --out reports/guardrails_fast.json
 
 eval-retrieval: setup
 	$(PY) evals/retrieval.py
@@ -97,6 +94,7 @@ eval-answers: setup
 bench: setup
 	$(PY) -m tests.gateway.bench_edge
 	$(PY) evals/stack_load.py
+	$(PY) evals/openai_load.py
 
 # Regenerate what is derived from code: the README's configuration reference and
 # the Envoy configs committed for compose and Kubernetes.

@@ -6,7 +6,7 @@
 #   compose/integration-test.sh [cpu|gpu]
 #
 # Builds the images, starts the stack, and checks through Envoy: JSON and SSE with
-# the development key, 401 without a key, a router replica killed under load, a
+# the development key, the OpenAI-compatible API, 401 without a key, a router replica killed under load, a
 # service refusing a plaintext call, Prometheus scraping every target. Tears everything down (volumes included) at exit.
 set -euo pipefail
 
@@ -43,6 +43,15 @@ code=$(post -o /dev/null -w '%{http_code}' -d '{"prompt":"x"}' "$API/Generate")
 echo "server-sent events"
 post -f -N -H "x-api-key: $KEY" -d '{"prompt":"Stream a short answer"}' "$API/GenerateStream" | grep -q '^data: ' \
   || fail "GenerateStream sent no events"
+
+echo "OpenAI-compatible API: chat, streamed chat, models, and 401 in OpenAI's shape"
+CHAT='{"model":"llmsuite/auto","messages":[{"role":"user","content":"What is a token bucket?"}]}'
+post -f -H "Authorization: Bearer $KEY" -d "$CHAT" "$EDGE/v1/chat/completions" | grep -q '"chat.completion"' \
+  || fail "POST /v1/chat/completions did not answer"
+post -f -N -H "Authorization: Bearer $KEY" -d '{"model":"llmsuite/light","stream":true,"messages":[{"role":"user","content":"Hi"}]}' \
+  "$EDGE/v1/chat/completions" | grep -q '^data: \[DONE\]' || fail "the /v1 stream did not end with [DONE]"
+curl -sSf -H "Authorization: Bearer $KEY" "$EDGE/v1/models" | grep -q '"llmsuite/auto"' || fail "GET /v1/models"
+curl -sS "$EDGE/v1/models" | grep -q '"invalid_api_key"' || fail "no OpenAI-shaped 401 without a key"
 
 echo "two router replicas, one killed under load"
 compose up -d --wait --scale router=2 router

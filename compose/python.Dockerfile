@@ -1,5 +1,5 @@
 # One image for every Python process of the suite (router, guardrails, retrieval,
-# generation, authz, ratelimit); the compose service picks the module to run.
+# generation, authz, ratelimit, openai); the compose service picks the module to run.
 # Build context: the repository root (see docker-compose.yml).
 # Base images are pinned by exact version; pin by digest too in your registry
 # mirror (`image@sha256:...`) if your policy asks for it.
@@ -31,7 +31,7 @@ FROM python:3.11.11-slim-bookworm
 # keys-init and certs-init can write there.
 RUN groupadd --gid 10001 llmsuite && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin llmsuite \
  && mkdir -p /keys /certs/envoy /certs/router /certs/guardrails /certs/retrieval /certs/generation /certs/authz \
-      /certs/ratelimit \
+      /certs/ratelimit /certs/openai \
  && chown -R 10001:10001 /keys /certs
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app

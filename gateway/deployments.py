@@ -34,7 +34,7 @@ def compose_params() -> EnvoyParams:
     """Compose service names: Docker's DNS answers every replica of a scaled service.
     Compose's network is flat, so Envoy reaches the services over mutual TLS."""
     params = _params({"router": "router:50051", "guardrails": "guardrails:50052",
-                      "retrieval": "retrieval:50053", "generation": "generation:50054"},
+                      "retrieval": "retrieval:50053", "generation": "generation:50054", "openai": "openai:8090"},
                      "authz:50061", "ratelimit:50062")
     params.upstream_tls = UpstreamTls(cert_file=f"{COMPOSE_CERTS}/cert.pem", key_file=f"{COMPOSE_CERTS}/key.pem",
                                       ca_file=f"{COMPOSE_CERTS}/ca.pem")
@@ -46,7 +46,8 @@ def kubernetes_params() -> EnvoyParams:
     pods itself and health-checks each one instead of going through kube-proxy.
     NetworkPolicies decide who reaches the services' ports (deploy/k8s/base/networkpolicy.yaml)."""
     return _params({"router": "router-headless:50051", "guardrails": "guardrails-headless:50052",
-                    "retrieval": "retrieval-headless:50053", "generation": "generation-headless:50054"},
+                    "retrieval": "retrieval-headless:50053", "generation": "generation-headless:50054",
+                    "openai": "openai-headless:8090"},
                    "authz-headless:50061", "ratelimit-headless:50062")
 
 

@@ -43,11 +43,33 @@ STREAMING_REQUEST_METHODS = [
 # Services served as HTTP/JSON (and SSE for server streams) by the transcoder.
 JSON_SERVICES = ["llmsuite.inference.v1.InferenceService", "llmsuite.admin.v1.AdminService"]
 
+# The OpenAI-compatible API (services/openai): an HTTP/1.1 cluster, served at this
+# prefix when EnvoyParams.upstreams names an `openai` cluster. The route timeout
+# covers a whole streamed answer; the service's own deadline is shorter
+# (openai.request_timeout_s), so callers get its 504 rather than a cut stream.
+OPENAI_CLUSTER = "openai"
+OPENAI_PREFIX = "/v1/"
+OPENAI_TIMEOUT = "120s"
+OPENAI_HEALTH_PATH = "/healthz"
+# Envoy's own error answers on OPENAI_PREFIX, in OpenAI's error shape: (HTTP status,
+# error type, error code); status None takes every other error status.
+OPENAI_LOCAL_REPLIES = [
+    (401, "authentication_error", "invalid_api_key"),
+    (403, "permission_error", "insufficient_scope"),
+    (413, "invalid_request_error", "request_too_large"),
+    (429, "rate_limit_error", "rate_limit_exceeded"),
+    (431, "invalid_request_error", "request_headers_too_large"),
+    (503, "server_error", "service_unavailable"),
+    (504, "server_error", "timeout"),
+    (None, "invalid_request_error", None),
+]
+
 DEFAULT_UPSTREAMS = {
     "router": ["127.0.0.1:50051"],
     "guardrails": ["127.0.0.1:50052"],
     "retrieval": ["127.0.0.1:50053"],
     "generation": ["127.0.0.1:50054"],
+    OPENAI_CLUSTER: ["127.0.0.1:8090"],
 }
 
 
@@ -144,8 +166,14 @@ def render(params: EnvoyParams) -> str:
         clusters["authz"] = security.authz
         if security.ratelimit:
             clusters["ratelimit"] = security.ratelimit
+    openai = None
+    if OPENAI_CLUSTER in clusters:
+        openai = {"cluster": OPENAI_CLUSTER, "prefix": OPENAI_PREFIX, "timeout": OPENAI_TIMEOUT,
+                  "local_replies": [{"status": status, "type": kind, "code": code}
+                                    for status, kind, code in OPENAI_LOCAL_REPLIES]}
     template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return template.render(
+        openai=openai,
         security=security,
         transcoder={"descriptor_set": params.descriptor_set, "services": JSON_SERVICES}
         if params.descriptor_set else None,
@@ -166,7 +194,9 @@ def render(params: EnvoyParams) -> str:
         admin_port=params.admin_port,
         health_interval=params.health_interval,
         routes=[{"prefix": p, "cluster": c, "timeout": t, "max_duration": d} for p, c, t, d in ROUTES],
-        clusters=[{"name": name, "endpoints": _endpoints(addresses)} for name, addresses in clusters.items()],
+        clusters=[{"name": name, "endpoints": _endpoints(addresses),
+                   "http": {"health_path": OPENAI_HEALTH_PATH} if name == OPENAI_CLUSTER else None}
+                  for name, addresses in clusters.items()],
     )
 
 

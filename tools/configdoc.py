@@ -19,12 +19,14 @@ from services.common.paths import REPO
 # section -> "module:Class" of its settings.
 SECTIONS = {
     "router": "services.router.config:RouterSettings",
+    "worker": "services.worker.config:WorkerSettings",
     "generation": "services.generation.config:GenerationSettings",
     "triton": "services.triton.config:TritonSettings",
     "guardrails": "services.guardrails.config:GuardrailsSettings",
     "retrieval": "services.retrieval.config:RetrievalSettings",
     "authz": "gateway.authz.config:AuthzSettings",
     "ratelimit": "gateway.ratelimit.config:RateLimitSettings",
+    "openai": "services.openai.config:OpenAISettings",
 }
 
 
@@ -56,7 +58,7 @@ def _rows(cls: type[Settings], env_prefix: str, skip: set[str]) -> list[str]:
 
 
 def reference() -> str:
-    lines = ["### Every service", "", "Each gRPC service has these, in its own section.", "",
+    lines = ["### Every service", "", "Each service has these, in its own section (the OpenAI API, `openai`, serves HTTP on `port`).", "",
              *_rows(ServerSettings, "LLMSUITE_<SECTION>_", set()), ""]
     common = set(ServerSettings.model_fields)
     for section, target in SECTIONS.items():

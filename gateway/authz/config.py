@@ -29,6 +29,12 @@ class ScopeRule(BaseModel):
 
 
 _RETRIEVAL = "/llmsuite.retrieval.v1.RetrievalService"
+_INFERENCE = "/llmsuite.inference.v1.InferenceService"
+# The tenant-facing operations beside Generate. Each acts on the caller's own tenant
+# (the router takes it from x-llmsuite-tenant); GetUsage naming another tenant also
+# needs `admin`, which the router checks in x-llmsuite-scopes.
+_TENANT_OPERATIONS = ("GetUsage", "SubmitBatch", "GetJob", "CancelJob", "GetSession", "DeleteSession",
+                      "ListSessions", "Feedback")
 
 # Health and reflection are public on purpose: load balancers and grpcurl need
 # them, and they reveal only what the repository's protos already publish.
@@ -36,6 +42,7 @@ DEFAULT_RULES = (
     ScopeRule(path="/grpc.health.v1.Health/*", scope=""),
     ScopeRule(path="/grpc.reflection.v1alpha.ServerReflection/*", scope=""),
     ScopeRule(path="/grpc.reflection.v1.ServerReflection/*", scope=""),
+    *(ScopeRule(path=f"{_INFERENCE}/{method}", scope="inference") for method in _TENANT_OPERATIONS),
     ScopeRule(path="/llmsuite.inference.v1.InferenceService/*", scope="inference"),
     ScopeRule(path=f"{_RETRIEVAL}/Search", scope="retrieval:read"),
     ScopeRule(path=f"{_RETRIEVAL}/ListCollections", scope="retrieval:read"),
@@ -46,6 +53,13 @@ DEFAULT_RULES = (
     ScopeRule(path="/llmsuite.generation.v1.GenerationService/*", scope="admin"),
     # Rollouts and prompt templates change how every tenant is served.
     ScopeRule(path="/llmsuite.admin.v1.AdminService/*", scope="admin"),
+    # The OpenAI-compatible API (services/openai) needs the scopes of the RPCs it calls;
+    # the model list is part of inference, and shows the embedding model to keys
+    # that also hold retrieval:read.
+    ScopeRule(path="/v1/chat/completions", scope="inference"),
+    ScopeRule(path="/v1/models", scope="inference"),
+    ScopeRule(path="/v1/models/*", scope="inference"),
+    ScopeRule(path="/v1/embeddings", scope="retrieval:read"),
     # Anything not named above: deny unless admin, so a new route is never open by accident.
     ScopeRule(path="*", scope="admin"),
 )

@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
@@ -51,9 +52,14 @@ class AuditError(Exception):
     """The audit log cannot be opened (directory not writable, another writer holds it)."""
 
 
+def utc_time(at: float) -> str:
+    """The time format of audit records: UTC, ISO 8601, milliseconds (`at` in Unix seconds)."""
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now() -> str:
-    """The time format of audit records: UTC, ISO 8601, milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, in the time format of audit records."""
+    return utc_time(time.time())
 
 
 def chain_files(directory: Path) -> list[Path]:

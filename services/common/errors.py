@@ -5,12 +5,25 @@ and details a caller can act on. Any other exception becomes INTERNAL with a gen
 message, and its text stays in the server log.
 """
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "llmsuite"
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One limit a request ran into, for a QuotaFailure detail."""
+
+    # What the quota is counted for, for example "tenant:acme".
+    subject: str
+    # Which limit, in words a caller can act on.
+    description: str
 
 
 class ServiceError(Exception):
@@ -91,6 +104,18 @@ class _RetryableError(ServiceError):
 
 class ResourceExhausted(_RetryableError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, quota_violations: Sequence[QuotaViolation] = (), **kwargs):
+        super().__init__(message, **kwargs)
+        self.quota_violations = tuple(quota_violations)
+
+    def details(self) -> list:
+        details = super().details()
+        if self.quota_violations:
+            details.append(error_details_pb2.QuotaFailure(violations=[
+                error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                for v in self.quota_violations]))
+        return details
 
 
 class Unavailable(_RetryableError):

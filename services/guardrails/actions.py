@@ -78,8 +78,8 @@ class Redactor:
     def apply(self, text: str, findings: list[Finding], tenant: str, placeholders: Placeholders) -> str:
         """Returns the sanitised text; redactions are numbered in `placeholders`.
 
-        `findings` must not overlap (pii.resolve_overlaps guarantees it). ALLOW and
-        BLOCK findings leave the text as it is; blocking is the caller's verdict.
+        `findings` must not overlap (pii.resolve_overlaps guarantees it). ALLOW, FLAG
+        and BLOCK findings leave the text as it is; blocking is the caller's verdict.
         """
         acting = [f for f in findings if f.action in (Action.REDACT, Action.MASK, Action.HASH)]
         if not acting:

@@ -48,14 +48,16 @@ def load_embedder(settings: GuardrailsSettings, classifier: InjectionClassifier)
     """The classifier's encoder (all-MiniLM-L6-v2 with its fine-tuned adapters merged).
 
     int8: the tuned model is the guardrails' one per-prompt cost that grows with
-    length. The build checks the int8 vectors against torch (onnx_model.py); on
-    training rows the head's probabilities stay within about 0.01 of fp32.
+    length. The build checks the int8 vectors against torch (onnx_model.py). No
+    cross-request batching: each prompt is encoded alone (max_batch=1), in arrival
+    order on one worker thread, so its score never depends on what else is being
+    checked (int8 activation scales span the whole input; see Embedder). For
+    prompts of a few hundred characters batching saved little anyway.
     """
     from services.embedding.embedder import BatchingEmbedder, Embedder
 
     embedder = Embedder(quantize=True, threads=settings.embedding_threads or None, adapter=classifier.adapter)
-    return BatchingEmbedder(embedder, max_batch=settings.embedding_max_batch,
-                            max_wait_ms=settings.embedding_max_wait_ms)
+    return BatchingEmbedder(embedder, max_batch=1, max_wait_ms=0)
 
 
 def build_service(settings: GuardrailsSettings) -> Service:

@@ -2,8 +2,10 @@
 
 A check finds items (PII, secrets, blocklist terms, canaries), applies the policy's
 action to each, scores prompt injection (inputs only) and derives one verdict:
-BLOCK if anything blocks, else REDACT if anything was replaced, else ALLOW. When
-the analysis itself fails, the policy decides: fail closed (BLOCK) or open (ALLOW).
+BLOCK if anything blocks, else REDACT if anything was replaced, else FLAG if a
+prompt-injection finding was flagged (the text goes on as it is), else ALLOW. A
+flagged finding is in the findings whatever the verdict. When the analysis itself
+fails, the policy decides: fail closed (BLOCK) or open (ALLOW).
 """
 
 import asyncio
@@ -20,8 +22,8 @@ from services.guardrails.config import (
     BLOCKLIST_ENTITY, CANARY_ENTITY, INJECTION_ENTITY, Action, GuardrailsSettings, Policy, TenantPolicy,
 )
 from services.guardrails.injection import InjectionDetector, InjectionResult
-from services.guardrails.pii import PiiScanner, non_overlapping
-from services.guardrails.terms import blocklist_regex, canary_regex, find_terms
+from services.guardrails.pii import AnalysisTimeout, Budget, PiiScanner, non_overlapping
+from services.guardrails.terms import blocklist_regex, find_canaries, find_terms
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class Verdict(str, Enum):
     ALLOW = "allow"
     REDACT = "redact"
     BLOCK = "block"
+    FLAG = "flag"
 
 
 @dataclass
@@ -87,22 +90,28 @@ class Guard:
                                    "add it to the tenant's allowed_policies", reason="POLICY_NOT_ALLOWED")
         return self.settings.policies[requested]
 
-    def find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = ()) -> list[Finding]:
+    def find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = (),
+                   budget: Budget | None = None) -> list[Finding]:
         """PII, secrets, blocklist terms and canaries in text, without overlaps."""
         started = time.perf_counter()
+        budget = budget or Budget(self.settings.analysis_timeout_s)
         findings = [Finding(d.entity, d.start, d.end, d.score, policy.action(d.entity))
-                    for d in self.scanner.scan(text, policy.min_score)]
+                    for d in self.scanner.scan(text, policy.min_score, budget)]
         findings += [Finding(BLOCKLIST_ENTITY, start, end, 1.0, policy.action(BLOCKLIST_ENTITY))
                      for start, end in find_terms(text, blocklist_regex(policy.blocklist))]
         findings += [Finding(CANARY_ENTITY, start, end, 1.0, Action.BLOCK)
-                     for start, end in find_terms(text, canary_regex(canaries))]
+                     for start, end in find_canaries(text, canaries)]
         metrics.STAGE_SECONDS.labels("pii").observe(time.perf_counter() - started)
         return drop_overlaps(findings)
 
     async def _find_items(self, text: str, policy: Policy, canaries: tuple[str, ...] = ()) -> list[Finding]:
         if len(text) <= _INLINE_CHARS:
             return self.find_items(text, policy, canaries)
-        return await asyncio.to_thread(self.find_items, text, policy, canaries)
+        budget = Budget(self.settings.analysis_timeout_s)
+        try:
+            return await asyncio.to_thread(self.find_items, text, policy, canaries, budget)
+        finally:
+            budget.cancel()  # when this call was cancelled, its thread stops at its next check
 
     def _verdict(self, text: str, findings: list[Finding], tenant: str, placeholders: Placeholders,
                  reasons: list[str], restore_map: dict[str, str] | None = None) -> Outcome:
@@ -118,17 +127,19 @@ class Guard:
         if restore_map:
             sanitized = restore(sanitized, restore_map)
         replaced = any(f.action in (Action.REDACT, Action.MASK, Action.HASH) for f in findings)
-        return Outcome(Verdict.REDACT if replaced else Verdict.ALLOW, sanitized, findings, reasons,
-                       placeholders=placeholders)
+        flagged = any(f.action is Action.FLAG for f in findings)
+        verdict = Verdict.REDACT if replaced else Verdict.FLAG if flagged else Verdict.ALLOW
+        return Outcome(verdict, sanitized, findings, reasons, placeholders=placeholders)
 
     def failed(self, check: str, policy: Policy, text: str, err: Exception) -> Outcome:
         metrics.ANALYSIS_ERRORS.labels(check).inc()
         log.error("%s analysis failed (%s); %s", check, _safe_error(err),
                   "blocking (fail closed)" if policy.fail_closed else "letting the text through (fail open)")
+        what = str(err) if isinstance(err, AnalysisTimeout) else "analysis failed"
         if policy.fail_closed:
-            return Outcome(Verdict.BLOCK, "", reasons=["analysis failed; blocked because the policy fails closed"],
+            return Outcome(Verdict.BLOCK, "", reasons=[f"{what}; blocked because the policy fails closed"],
                            stage="error")
-        return Outcome(Verdict.ALLOW, text, reasons=["analysis failed; allowed because the policy fails open"],
+        return Outcome(Verdict.ALLOW, text, reasons=[f"{what}; allowed because the policy fails open"],
                        stage="error")
 
     async def _analyse_input(self, text: str, policy: Policy) -> tuple[list[Finding], InjectionResult]:
@@ -151,15 +162,28 @@ class Guard:
         metrics.STAGE_SECONDS.labels("input").observe(time.perf_counter() - started)
         return findings, injection
 
+    @staticmethod
+    def _injection_finding(text: str, injection: InjectionResult, policy: Policy) -> tuple[Finding, str] | None:
+        """The PROMPT_INJECTION finding (BLOCK or FLAG) and its reason, when the score reaches the flag band."""
+        if injection.score < policy.injection_flag_threshold:
+            return None
+        blocks = policy.injection_action is Action.BLOCK and injection.score >= policy.injection_block_threshold
+        action, threshold = ((Action.BLOCK, policy.injection_block_threshold) if blocks
+                             else (Action.FLAG, policy.injection_flag_threshold))
+        reason = f"prompt injection score {injection.score:.2f} >= {action.value} threshold {threshold:.2f}"
+        log.info("prompt injection %s", "blocked" if blocks else "flagged",
+                 extra={"injection_score": round(injection.score, 4), "stage": injection.stage,
+                        "threshold": threshold})
+        return Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action), reason
+
     async def check_input(self, text: str, policy: Policy, tenant: str) -> Outcome:
         try:
             findings, injection = await self._analyse_input(text, policy)
             reasons = list(injection.reasons)
-            if injection.score >= policy.injection_threshold:
-                action = Action.BLOCK if policy.injection_action is Action.BLOCK else Action.ALLOW
-                findings.append(Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action))
-                reasons.insert(0, f"prompt injection score {injection.score:.2f} >= threshold "
-                                  f"{policy.injection_threshold:.2f}")
+            found = self._injection_finding(text, injection, policy)
+            if found is not None:
+                findings.append(found[0])
+                reasons.insert(0, found[1])
             outcome = self._verdict(text, findings, tenant, Placeholders(), reasons)
         except Exception as err:  # fail closed/open is the policy's call, whatever broke
             outcome = self.failed("input", policy, text, err)
@@ -170,15 +194,15 @@ class Guard:
         metrics.EMBEDDINGS.labels("computed" if injection.computed_embedding else "skipped").inc()
         outcome.injection_score = injection.score
         injection_blocked = any(f.entity == INJECTION_ENTITY and f.action is Action.BLOCK for f in findings)
-        if outcome.verdict is Verdict.ALLOW or (outcome.verdict is Verdict.BLOCK and injection_blocked):
+        if outcome.verdict in (Verdict.ALLOW, Verdict.FLAG) or (outcome.verdict is Verdict.BLOCK and injection_blocked):
             outcome.stage = injection.stage
         self._count("input", outcome)
         return outcome
 
     def check_output(self, text: str, policy: Policy, tenant: str, canaries: tuple[str, ...] = (),
-                     restore_map: dict[str, str] | None = None) -> Outcome:
+                     restore_map: dict[str, str] | None = None, budget: Budget | None = None) -> Outcome:
         try:
-            findings = self.find_items(text, policy, canaries)
+            findings = self.find_items(text, policy, canaries, budget)
             outcome = self._verdict(text, findings, tenant, Placeholders(restore_map), [], restore_map)
         except Exception as err:
             outcome = self.failed("output", policy, text, err)
@@ -189,7 +213,11 @@ class Guard:
                                  restore_map: dict[str, str] | None = None) -> Outcome:
         if len(text) <= _INLINE_CHARS:
             return self.check_output(text, policy, tenant, canaries, restore_map)
-        return await asyncio.to_thread(self.check_output, text, policy, tenant, canaries, restore_map)
+        budget = Budget(self.settings.analysis_timeout_s)
+        try:
+            return await asyncio.to_thread(self.check_output, text, policy, tenant, canaries, restore_map, budget)
+        finally:
+            budget.cancel()
 
     @staticmethod
     def _count(check: str, outcome: Outcome) -> None:

@@ -14,11 +14,12 @@ rows.
 The lexical model is a gate: when it is confidently benign or confidently an
 attack, the embedding is not computed and its probability is the learned score;
 otherwise the learned score is the mean of both probabilities. Finally the
-learned score is shifted (in log-odds) so that the operating point chosen by
-cross-validation on the training split lands on 0.5, the policies' default
-threshold. Weights are plain JSON (lexical model, head, settings) plus the
+learned score is mapped (piecewise linear in log-odds, order kept) so that the
+two operating points chosen by cross-validation land on the policies' default
+thresholds: the flag point on FLAG_SCORE (0.5) and the block point on
+BLOCK_SCORE (0.8). Weights are plain JSON (lexical model, head, settings) plus the
 adapters' .npz, built together by `python -m services.guardrails.train` from the
-training split only; the JSON records the adapters' sha256.
+tunable data only; the JSON records the adapters' sha256.
 """
 
 import copy
@@ -29,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import murmurhash3_32
 
+from services.guardrails.config import BLOCK_SCORE, FLAG_SCORE
+
 DEFAULT_PATH = Path(__file__).parent / "data" / "injection_classifier.json"
 # The fine-tuned encoder's low-rank adapters, written by train.py with the JSON file.
 DEFAULT_ADAPTER_PATH = DEFAULT_PATH.with_name("injection_adapter.npz")
-# The fast option: the same recipe on the encoder's first block only (`train --layers 1`).
-FAST_PATH = DEFAULT_PATH.with_name("injection_classifier_fast.json")
 # Bound on the n-gram bucket cache (about 100 bytes an entry); cleared when full.
 _MAX_CACHED_NGRAMS = 200_000
 
@@ -44,6 +45,11 @@ class ClassifierError(Exception):
 
 def _sigmoid(logit: float) -> float:
     return float(1 / (1 + np.exp(-logit)))
+
+
+def _logit(probability: float) -> float:
+    clipped = min(max(probability, 1e-6), 1 - 1e-6)
+    return float(np.log(clipped / (1 - clipped)))
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,8 @@ def _verified_adapter(path: Path, metadata: dict) -> Path | None:
 class InjectionClassifier:
     def __init__(self, *, hashing: HashingSpec, lexical_coef: np.ndarray, lexical_intercept: float,
                  embedding_dim: int, semantic_coef: np.ndarray, semantic_intercept: float,
-                 gate_benign_below: float, gate_attack_above: float, operating_point: float = 0.5,
-                 metadata: dict | None = None, adapter: Path | None = None):
+                 gate_benign_below: float, gate_attack_above: float, flag_point: float = FLAG_SCORE,
+                 block_point: float = BLOCK_SCORE, metadata: dict | None = None, adapter: Path | None = None):
         if lexical_coef.shape != (hashing.n_features,):
             raise ClassifierError(f"lexical model has {lexical_coef.shape[0]} weights, expected "
                                   f"{hashing.n_features} hashed n-grams")
@@ -112,9 +118,11 @@ class InjectionClassifier:
         self.semantic_intercept = float(semantic_intercept)
         self.gate_benign_below = gate_benign_below
         self.gate_attack_above = gate_attack_above
-        if not 0 < operating_point < 1:
-            raise ClassifierError(f"operating point {operating_point} is not between 0 and 1")
-        self.operating_point = operating_point
+        if not 0 < flag_point < block_point < 1:
+            raise ClassifierError(f"operating points flag {flag_point} and block {block_point} must satisfy "
+                                  "0 < flag < block < 1")
+        self.flag_point = flag_point
+        self.block_point = block_point
         self.metadata = metadata or {}
         # The fine-tuned encoder whose vectors the semantic model reads (None: the plain model).
         self.adapter = adapter
@@ -135,7 +143,8 @@ class InjectionClassifier:
                 semantic_coef=np.asarray(data["semantic"]["coef"], dtype=np.float32),
                 semantic_intercept=data["semantic"]["intercept"],
                 gate_benign_below=data["gate"]["benign_below"], gate_attack_above=data["gate"]["attack_above"],
-                operating_point=data["operating_point"], metadata=data.get("metadata"), adapter=adapter)
+                flag_point=data["operating_points"]["flag"], block_point=data["operating_points"]["block"],
+                metadata=data.get("metadata"), adapter=adapter)
         except FileNotFoundError as err:
             raise ClassifierError(f"{path}: not found; build it with `python -m services.guardrails.train`") from err
         except (KeyError, TypeError, ValueError, IndexError) as err:
@@ -146,7 +155,7 @@ class InjectionClassifier:
         index = np.flatnonzero(np.round(ngrams, 5))
         return json.dumps({
             "gate": {"benign_below": self.gate_benign_below, "attack_above": self.gate_attack_above},
-            "operating_point": self.operating_point,
+            "operating_points": {"flag": self.flag_point, "block": self.block_point},
             "lexical": {
                 "hashing": vars(self.hashing),
                 "intercept": round(self.lexical_intercept, 5),
@@ -184,10 +193,15 @@ class InjectionClassifier:
         return _sigmoid(float(np.dot(self.semantic_coef, embedding)) + self.semantic_intercept)
 
     def calibrate(self, probability: float) -> float:
-        """Moves the trained operating point to 0.5, keeping the order of scores."""
-        shift = np.log(self.operating_point / (1 - self.operating_point))
-        clipped = min(max(probability, 1e-6), 1 - 1e-6)
-        return _sigmoid(float(np.log(clipped / (1 - clipped)) - shift))
+        """Maps the flag point to FLAG_SCORE and the block point to BLOCK_SCORE, keeping the
+        order of scores: linear in log-odds between them, a plain shift outside."""
+        z, low, high = _logit(probability), _logit(self.flag_point), _logit(self.block_point)
+        flag, block = _logit(FLAG_SCORE), _logit(BLOCK_SCORE)
+        if z <= low:
+            return _sigmoid(flag + z - low)
+        if z >= high:
+            return _sigmoid(block + z - high)
+        return _sigmoid(flag + (z - low) * (block - flag) / (high - low))
 
     def with_gate(self, benign_below: float, attack_above: float) -> "InjectionClassifier":
         """The same models with other gate thresholds (0 and above 1: always embed)."""

@@ -1,10 +1,10 @@
 """Settings of the guardrails service (section `guardrails`), policies included.
 
 A policy says, per entity, what happens to a finding (allow, redact, mask, hash,
-block), plus the injection threshold, the blocklist, whether analysis errors block
-(fail closed) and whether reversible redaction may be used. Tenants map to a
-policy; a request may name another policy only when its tenant lists it in
-`allowed_policies`, so one tenant cannot opt out of its own protection.
+block), plus the injection thresholds (flag, block), the blocklist, whether
+analysis errors block (fail closed) and whether reversible redaction may be used.
+Tenants map to a policy; a request may name another policy only when its tenant
+lists it in `allowed_policies`, so one tenant cannot opt out of its own protection.
 """
 
 import base64
@@ -27,6 +27,12 @@ BLOCKLIST_ENTITY = "BLOCKLIST"
 CANARY_ENTITY = "CANARY"
 INJECTION_ENTITY = "PROMPT_INJECTION"
 KNOWN_ENTITIES = frozenset(PII_ENTITIES + NER_ENTITIES + SECRET_ENTITIES + (BLOCKLIST_ENTITY,))
+# Injection scores: from FLAG_SCORE a prompt is flagged (it goes through, the finding
+# is reported); from BLOCK_SCORE it is blocked. The learned score is calibrated so
+# that the operating points chosen by cross-validation land on these two values
+# (classifier.py), and the decisive pattern families score above BLOCK_SCORE.
+FLAG_SCORE = 0.5
+BLOCK_SCORE = 0.8
 
 
 class Action(str, Enum):
@@ -35,6 +41,8 @@ class Action(str, Enum):
     MASK = "mask"
     HASH = "hash"
     BLOCK = "block"
+    # Prompt injection only: the text goes through, the finding is reported.
+    FLAG = "flag"
 
 
 DEFAULT_ACTIONS: dict[str, Action] = {
@@ -55,10 +63,17 @@ class Policy(BaseModel):
                     "`default_action`, except URL (allow) and BLOCKLIST (block) unless listed.")
     default_action: Action = Field(Action.REDACT, description="Action for PII and secrets not in `entities`.")
     min_score: float = Field(0.35, ge=0, le=1, description="Findings scoring below this are ignored.")
-    injection_threshold: float = Field(
-        0.5, gt=0, le=1, description="Prompts whose injection score reaches this are blocked.")
+    injection_flag_threshold: float = Field(
+        FLAG_SCORE, gt=0, le=1,
+        description="Prompts whose injection score reaches this are flagged: they go through, and the finding is "
+                    "reported in the response (verdict FLAG), metrics and logs.")
+    injection_block_threshold: float = Field(
+        BLOCK_SCORE, gt=0, le=1,
+        description="Prompts whose injection score reaches this are blocked (a confident learned score or a "
+                    "decisive pattern family). Set it to the flag threshold to block every flagged prompt.")
     injection_action: Action = Field(
-        Action.BLOCK, description="block: injections are blocked; allow: only scored and reported.")
+        Action.BLOCK, description="block: scores from the block threshold block; allow: nothing is blocked for "
+                                  "injection, scores from the flag threshold are flagged.")
     learned_signal: bool = Field(True, description="Use the embedding classifier when patterns are not decisive.")
     blocklist: tuple[str, ...] = Field(
         (), description="Terms (case-insensitive, whole words) that trigger the BLOCKLIST action in inputs "
@@ -66,13 +81,37 @@ class Policy(BaseModel):
     fail_closed: bool = Field(True, description="When analysis fails: true blocks the text, false lets it through.")
     reversible: bool = Field(True, description="Whether CheckInput may return a restore_token when asked.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "injection_threshold" in data:
+            raise ValueError("injection_threshold was split into injection_flag_threshold (default "
+                             f"{FLAG_SCORE}) and injection_block_threshold (default {BLOCK_SCORE})")
+        return data
+
     @field_validator("entities")
     @classmethod
     def _known_entities(cls, entities: dict[str, Action]) -> dict[str, Action]:
         unknown = sorted(set(entities) - KNOWN_ENTITIES)
         if unknown:
             raise ValueError(f"unknown entities {unknown}; known: {sorted(KNOWN_ENTITIES)}")
+        if Action.FLAG in entities.values():
+            raise ValueError("flag is an action for prompt injection only; use allow to keep an entity as it is")
         return entities
+
+    @field_validator("default_action")
+    @classmethod
+    def _default_action(cls, action: Action) -> Action:
+        if action is Action.FLAG:
+            raise ValueError("flag is an action for prompt injection only; use allow to keep entities as they are")
+        return action
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "Policy":
+        if self.injection_flag_threshold > self.injection_block_threshold:
+            raise ValueError(f"injection_flag_threshold ({self.injection_flag_threshold}) must not exceed "
+                             f"injection_block_threshold ({self.injection_block_threshold})")
+        return self
 
     @field_validator("injection_action")
     @classmethod
@@ -133,15 +172,9 @@ class GuardrailsSettings(ServerSettings):
         "var/guardrails/spacy-blank-en",
         description="Where the blank spaCy pipeline is saved at first start (relative paths: repository root).")
     classifier_path: str = Field(
-        "", description="Injection classifier JSON (relative paths: repository root); empty: the one shipped "
-                        "in services/guardrails/data (six encoder blocks). "
-                        "services/guardrails/data/injection_classifier_fast.json is the shipped fast option (one "
-                        "block; faster, less accurate: see the guardrails README).")
-    embedding_max_batch: int = Field(32, ge=1, le=256, description="Most prompts embedded in one forward pass.")
-    embedding_max_wait_ms: float = Field(
-        0.0, ge=0, le=100,
-        description="How long a lone prompt waits for others to batch with. 0: no wait; under load, prompts "
-                    "that arrive while a batch runs still form the next batch.")
+        "", description="Injection classifier JSON (relative paths: repository root), with its adapter .npz "
+                        "beside it (`python -m services.guardrails.train --out ... --adapter ...`); empty: the "
+                        "one shipped in services/guardrails/data.")
     embedding_threads: int = Field(
         2, ge=0, description="ONNX Runtime threads for one forward pass of the tuned encoder; 0: its default (all "
                              "cores). On a 2-core machine two beat one in latency and checks/s alike (see the "
@@ -154,6 +187,11 @@ class GuardrailsSettings(ServerSettings):
     hash_key: str = Field(
         "", description="base64 key (16+ bytes) for the hash action's HMAC. Empty: random per process, so "
                         "hashes are stable only until a restart; set it to keep them stable across replicas.")
+    analysis_timeout_s: float = Field(
+        2.0, gt=0, le=600,
+        description="Longest one PII/secrets analysis may run (a check, or one step of a stream); past it the "
+                    "analysis stops and the policy decides (fail_closed: BLOCK). A call its caller cancels (or "
+                    "whose gRPC deadline passes) stops its analysis too.")
 
     @field_validator("restore_key")
     @classmethod

@@ -18,6 +18,8 @@ _HEX = re.compile(r"(?<![0-9a-fA-F])(?:(?:0x|\\x)?[0-9a-fA-F]{2}[\s:,]?){8,}(?![
 _HEX_PREFIX = re.compile(r"0x|\\x|[\s:,]")
 # At most this many candidates per decoder, so a prompt full of tokens stays cheap.
 _MAX_CANDIDATES = 8
+# Undecodable bytes dropped in front of a hex payload (from hex-letter words before it).
+_MAX_JUNK_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,22 @@ def decode_base64(text: str) -> list[str]:
     return found
 
 
+def _utf8_after_junk(raw: bytes) -> str | None:
+    """raw as UTF-8, once up to _MAX_JUNK_BYTES undecodable bytes in front are dropped.
+
+    A word of hex letters before a payload ("be", "cafe") joins its match: "be 4920..."
+    reads as the bytes 0xbe 0x49 0x20 ..., which no longer decode.
+    """
+    for _ in range(_MAX_JUNK_BYTES + 1):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start:
+                return None
+            raw = raw[1:]
+    return None
+
+
 def decode_hex(text: str) -> list[str]:
     found = []
     for match in _HEX.finditer(text):
@@ -70,7 +88,7 @@ def decode_hex(text: str) -> list[str]:
         if len(digits) % 2:
             digits = digits[:-1]
         try:
-            value = _utf8(bytes.fromhex(digits))
+            value = _utf8_after_junk(bytes.fromhex(digits))
         except ValueError:
             continue
         if value and _readable(value):

@@ -88,16 +88,30 @@ def language_switch(text: str) -> bool:
     return sum(count >= 2 for count in counts.values()) >= 2
 
 
+def _hidden_families(norm: Normalized, text: str, plain: dict[str, str]) -> dict[str, str]:
+    """Families seen only once the text was de-obfuscated or decoded -> how it was hidden."""
+    hidden: dict[str, str] = {}
+    if norm.skeleton != norm.clean:
+        for name in match_families((norm.skeleton,)):
+            if name not in plain:
+                hidden[name] = "obfuscated"
+    for decoded in decoded_views(text):
+        for name in match_families((decoded.text.lower(),)):
+            if name not in plain:
+                hidden.setdefault(name, f"{decoded.encoding}-encoded")
+    return hidden
+
+
 def _obfuscation(norm: Normalized) -> list[str]:
     """Signs that the text hides its words from a plain reading."""
-    found = []
+    markers = []
     if norm.invisible_chars:
-        found.append(f"{norm.invisible_chars} invisible characters inside words")
+        markers.append(f"{norm.invisible_chars} invisible characters inside words")
     if norm.mixed_script_words:
-        found.append(f"{norm.mixed_script_words} words mixing look-alike letters from other scripts")
+        markers.append(f"{norm.mixed_script_words} words mixing look-alike letters from other scripts")
     if norm.spaced_letters >= SPACED_RUN_MIN:
-        found.append(f"{norm.spaced_letters} letters spaced out one by one")
-    return found
+        markers.append(f"{norm.spaced_letters} letters spaced out one by one")
+    return markers
 
 
 def cheap_signals(text: str) -> CheapSignals:
@@ -105,16 +119,8 @@ def cheap_signals(text: str) -> CheapSignals:
     signals = CheapSignals(normalised=norm.clean)
     plain = match_families((norm.clean,))
     signals.families = plain
-    if norm.skeleton != norm.clean:
-        for name in match_families((norm.skeleton,)):
-            if name not in plain:
-                signals.hidden[name] = "obfuscated"
-    for decoded in decoded_views(text):
-        for name in match_families((decoded.text.lower(),)):
-            if name not in plain:
-                signals.hidden.setdefault(name, f"{decoded.encoding}-encoded")
-
-    signals.obfuscation.extend(_obfuscation(norm))
+    signals.hidden = _hidden_families(norm, text, plain)
+    signals.obfuscation = _obfuscation(norm)
     signals.language_switch = language_switch(norm.clean)
 
     keep = 1.0

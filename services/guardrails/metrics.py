@@ -4,8 +4,9 @@ from prometheus_client import Counter, Histogram
 
 VERDICTS = Counter(
     "llmsuite_guardrails_verdicts_total",
-    "Verdicts by check (input, output, stream) and the stage that decided them "
-    "(rules, lexical, semantic: injection stages; pii, blocklist, canary; error: analysis failed).",
+    "Verdicts (allow, redact, flag, block) by check (input, output, stream) and the stage that decided them "
+    "(rules, lexical, semantic: injection stages; pii, blocklist, canary; error: analysis failed). Flagged "
+    "prompts that were also redacted count as redact; findings_total{action=\"flag\"} counts every flag.",
     ["check", "verdict", "stage"],
 )
 FINDINGS = Counter(
@@ -30,4 +31,9 @@ STAGE_SECONDS = Histogram(
     "Analysis time: pii (PII, secrets, terms), input (a whole CheckInput analysis, embedding included).",
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+ANALYSES_STOPPED = Counter(
+    "llmsuite_guardrails_analyses_stopped_total",
+    "PII analyses stopped before their end: timeout (past analysis_timeout_s), cancelled (the caller went away).",
+    ["reason"],
 )

@@ -77,7 +77,7 @@ INSTRUCTION_OVERRIDE = Family(
         # English: "ignore all previous instructions", "forget about all the assignments"
         rf"\b{_OVERRIDE_VERBS_EN}\b{_GAP}{_PRIOR}\b{_GAP}{_OBJECTS_EN}\b",
         r"\b(?:ignore|disregard|forget|drop)\s*(?:about\s*)?(?:everything|anything|all)\s*(?:above|before|previous|"
-        r"prior|else|that\s*came\s*before|you\s*(?:know|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
+        r"prior|else|that\s*came\s*before|you\s*(?:know(?!\s*about)|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
         r"told|discussed))",
         r"\b(?:ignore|disregard)\s*(?:the\s*)?above\b",
         r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|"
@@ -196,12 +196,19 @@ JAILBREAK = Family(
     patterns=_compile(
         r"\b(?:dan|stan|dude|aim)\s*mode\b",
         _phrase(r"\bdo anything now\b"),
-        _phrase(r"\b(?:developer|god|jailbreak|unrestricted|unfiltered|evil) mode (?:enabled|on|activated)\b"),
-        _phrase(r"\benable (?:developer|god|jailbreak|dan) mode\b"),
-        _phrase(r"\bjailbr(?:eak|oken)\b"),
+        # "on" only as a switch ("developer mode on."), not "developer mode on an Android phone".
+        _phrase(r"\b(?:developer|god|jailbreak|unrestricted|unfiltered|evil) mode "
+                r"(?:enabled|activated|on(?=\s*(?:[.,:;!]|$)))"),
+        # "enable developer mode on my phone" is a device setting, not a persona.
+        _phrase(r"\benable (?:developer|god|jailbreak|dan) mode\b(?! (?:on|in|for|to)\b)"),
+        # Jailbreaking a phone or console is ordinary; a jailbroken model or persona is not.
+        _phrase(r"\b(?:you are|you're|act as|as an?) (?:now )?jailbr(?:eak|oken)\b"),
+        _phrase(r"\bjailbr(?:eak|oken) (?:mode|version|persona|ai|assistant|chatbot|model|gpt)\b"),
         _phrase(
             r"\b(?:without|free of|no longer bound by) (?:any )?(?:ethical |moral )?(?:restrictions|limitations|"
             r"filters|guidelines|censorship|rules|programming guidelines)\b"
+            # "without restrictions on budget": a limit on something else.
+            r"(?! (?:on|of|for|to|in|at)\b)"
         ),
         _phrase(r"\bno programming guidelines\b"),
         _phrase(r"\b(?:completely|totally) (?:immoral|amoral|unfiltered|uncensored)\b"),
@@ -224,7 +231,9 @@ PROMPT_EXTRACTION = Family(
         r"\s*(?:me\s*|us\s*)?(?:all\s*|exactly\s*)?(?:of\s*)?(?:your|the)\s*(?:full\s*|entire\s*|complete\s*|"
         r"exact\s*|initial\s*|original\s*|hidden\s*|secret\s*|system\s*|previous\s*|first\s*)*"
         r"(?:prompt|prompts|prompt\s*texts?|instructions|system\s*message|initial\s*message|system\s*prompt|"
-        r"configuration|guidelines|rules)\b(?!\s*(?:of|for|to|in|on|about)\b)",
+        r"configuration|guidelines|rules)\b"
+        # "what are the rules around quoting": rules of something else.
+        r"(?!\s*(?:of|for|to|in|on|about|around|regarding|concerning|governing|when|with|behind|under)\b)",
         _phrase(
             r"\bwhat (?:was|is) written (?:at the beginning of|above|before|in) (?:this|the|your) (?:prompt|conversation|"
             r"text)"
@@ -235,7 +244,7 @@ PROMPT_EXTRACTION = Family(
         _phrase(r"\b(?:sentences?|words|text|lines) before the text\b"),
         _phrase(
             r"\b(?:what|tell me|reveal|give me|share) (?:is )?(?:your|the) (?:secret|password|secret key|api key|"
-            r"passphrase|access code)\b"
+            r"passphrase|access code)\b(?! (?:of|for|to|in|on)\b)"
         ),
         # German
         r"\b(?:zeige?|gib|nenne|verrate|wiederhole)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:prompt|prompt-?texte?|"

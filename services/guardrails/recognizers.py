@@ -3,6 +3,10 @@
 Presidio's EmailRecognizer validates domains with `tldextract.extract`, whose default
 extractor downloads the public suffix list on first use; here the extractor reads
 only the snapshot bundled with tldextract (no network, no cache directory).
+
+Every recognizer here runs in time linear in the text's length, whatever the text:
+no pattern can rescan an unbounded stretch from each of many positions. The
+property tests in tests/guardrails/test_pii_properties.py hold them to it.
 """
 
 import base64
@@ -14,7 +18,9 @@ from typing import Callable
 
 import tldextract
 from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, RecognizerResult
-from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer
+from presidio_analyzer.predefined_recognizers import CreditCardRecognizer, EmailRecognizer, UrlRecognizer
+
+from services.guardrails.spans import SpanSet
 
 # suffix_list_urls=() means "never fetch"; cache_dir=None means "never write".
 OFFLINE_TLD = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
@@ -109,7 +115,7 @@ class PhoneNumberRecognizer(LocalRecognizer):
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
         results: list[RecognizerResult] = []
-        taken: list[tuple[int, int]] = []
+        taken = SpanSet()  # a weak match inside a strong one is the same number
         for regex, score in ((_PHONE_STRONG, self.STRONG_SCORE), (_PHONE_WEAK, self.WEAK_SCORE)):
             for match in regex.finditer(text):
                 start, end = match.span()
@@ -117,14 +123,48 @@ class PhoneNumberRecognizer(LocalRecognizer):
                 digits = sum(ch.isdigit() for ch in value)
                 if not self.MIN_DIGITS <= digits <= self.MAX_DIGITS + 5 or _NOT_PHONE.match(value):
                     continue
-                if any(start < other_end and other_start < end for other_start, other_end in taken):
+                if taken.overlaps(start, end):
                     continue
                 if self._has_context(text, start, end):
                     score_here = min(score + self.CONTEXT_BOOST, 1.0)
                 else:
                     score_here = score
-                taken.append((start, end))
+                taken.add(start, end)
                 results.append(RecognizerResult("PHONE_NUMBER", start, end, score_here))
+        return results
+
+
+# Presidio's URL pattern, `[a-z0-9.\-]{1,253}[.](?:com|edu|...)`, backtracks through up
+# to 253 characters and tries each of its ~500 top-level domains at every position
+# of a run of letters, digits and dots: 8 KB of "1.1.1.1." cost 5-6 s of CPU. Here
+# a run is matched once, from its first character, and its labels are looked up in
+# a set of the same top-level domains.
+URL_TLDS = frozenset(re.findall(r"\(\?:([a-z]+)\)", UrlRecognizer.BASE_URL_REGEX))
+_URL = re.compile(r"(?<![a-z0-9.\-])(https?://)?([a-z0-9\-]+(?:\.[a-z0-9\-]+)+)(/[^\s()<>\"']*)?", re.IGNORECASE)
+
+
+class LinearUrlRecognizer(UrlRecognizer):
+    """URLs as Presidio's recognizer finds them (same top-level domains, scores and
+    context words), in linear time.
+
+    A dotted run counts up to its last label that is a top-level domain
+    ("docs.python.org/3/", "see example.com.", "example.com.1.2" -> "example.com");
+    unlike Presidio's pattern a label must be the whole top-level domain
+    ("example.comx" is not "example.com").
+    """
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None, regex_flags=None) -> list[RecognizerResult]:
+        results = []
+        for match in _URL.finditer(text):
+            labels = match.group(2).split(".")
+            last = max((i for i in range(1, len(labels)) if labels[i].lower() in URL_TLDS), default=0)
+            if not last:
+                continue
+            end = match.end() if last == len(labels) - 1 else match.start(2) + len(".".join(labels[:last + 1]))
+            score = 0.6 if match.group(1) else 0.5
+            # The context enhancer records the context word that lifted a score in the explanation.
+            explanation = self.build_regex_explanation(self.name, "URL", _URL.pattern, score, None, _URL.flags)
+            results.append(RecognizerResult("URL", match.start(), end, score, analysis_explanation=explanation))
         return results
 
 
@@ -174,7 +214,11 @@ class SecretPattern:
 
 
 class SecretRecognizer(LocalRecognizer):
-    """One secret entity found by regular expressions (and an optional validator)."""
+    """One secret entity found by regular expressions (and an optional validator).
+
+    Secrets are matched on the whole text, not on the analyzer's chunks (pii.py): a
+    private key or a JWT can be longer than the chunks' overlap.
+    """
 
     def __init__(self, entity: str, patterns: list[SecretPattern]):
         self._secret_patterns = patterns
@@ -201,9 +245,37 @@ def _p(regex: str, score: float, group: int = 0, validate: Callable[[str], bool]
     return SecretPattern(re.compile(regex, flags), score, group, validate)
 
 
-# A private key block; an unterminated one (a truncated paste, or a stream cut short)
-# is still a key: its BEGIN line and the base64 body that follows are matched.
 PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PRIVATE_KEY_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PRIVATE_KEY_BODY = re.compile(r"(?:[A-Za-z0-9+/=:\-\s]|\\n)*")
+
+
+class PrivateKeyRecognizer(SecretRecognizer):
+    """A private key block from its BEGIN line to its END line. An unterminated one
+    (a truncated paste, or a stream cut short) is still a key: its BEGIN line and the
+    base64 body that follows.
+
+    As one regex (BEGIN, then a lazy scan for END) every BEGIN line without an END
+    rescanned the rest of the text: quadratic in the number of BEGIN lines. Here the
+    search for an END line runs past any position at most once.
+    """
+
+    def __init__(self):
+        super().__init__("PRIVATE_KEY", [])
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts=None) -> list[RecognizerResult]:
+        results = []
+        position, ends_ahead = 0, True
+        while begin := PRIVATE_KEY_BEGIN.search(text, position):
+            end = _PRIVATE_KEY_END.search(text, begin.end()) if ends_ahead else None
+            if end is None:
+                ends_ahead = False  # none after this BEGIN, so none after any later one
+                position = _PRIVATE_KEY_BODY.match(text, begin.end()).end()
+            else:
+                position = end.end()
+            results.append(RecognizerResult("PRIVATE_KEY", begin.start(), position, 1.0))
+        return results
+
 
 SECRET_PATTERNS: dict[str, list[SecretPattern]] = {
     "AWS_ACCESS_KEY": [
@@ -211,7 +283,9 @@ SECRET_PATTERNS: dict[str, list[SecretPattern]] = {
            r"(?![A-Z0-9])", 0.95),
     ],
     "AWS_SECRET_KEY": [
-        _p(r"aws_?secret_?(?:access_?)?key\s*[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])", 0.95,
+        # `\s*(?:["']\s*)?`, not `\s*["']?\s*`: two adjacent `\s*` split a run of spaces
+        # every possible way (quadratic in the run's length).
+        _p(r"aws_?secret_?(?:access_?)?key\s*(?:[\"']\s*)?[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])", 0.95,
            group=1, flags=re.IGNORECASE),
     ],
     "GITHUB_TOKEN": [
@@ -230,12 +304,9 @@ SECRET_PATTERNS: dict[str, list[SecretPattern]] = {
         _p(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}(?![A-Za-z0-9_-])", 0.9,
            validate=_jwt_header_ok),
     ],
-    "PRIVATE_KEY": [
-        _p(PRIVATE_KEY_BEGIN.pattern
-           + r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|(?:[A-Za-z0-9+/=:\-\s]|\\n)*)", 1.0),
-    ],
 }
 
 
 def secret_recognizers() -> list[SecretRecognizer]:
-    return [SecretRecognizer(entity, patterns) for entity, patterns in SECRET_PATTERNS.items()]
+    return [*(SecretRecognizer(entity, patterns) for entity, patterns in SECRET_PATTERNS.items()),
+            PrivateKeyRecognizer()]

@@ -16,9 +16,10 @@ from services.guardrails.vault import RestoreTokenError, RestoreVault
 
 log = logging.getLogger(__name__)
 
-_VERDICTS = {Verdict.ALLOW: pb.VERDICT_ALLOW, Verdict.REDACT: pb.VERDICT_REDACT, Verdict.BLOCK: pb.VERDICT_BLOCK}
+_VERDICTS = {Verdict.ALLOW: pb.VERDICT_ALLOW, Verdict.REDACT: pb.VERDICT_REDACT, Verdict.BLOCK: pb.VERDICT_BLOCK,
+             Verdict.FLAG: pb.VERDICT_FLAG}
 _ACTIONS = {Action.ALLOW: pb.ACTION_ALLOW, Action.REDACT: pb.ACTION_REDACT, Action.MASK: pb.ACTION_MASK,
-            Action.HASH: pb.ACTION_HASH, Action.BLOCK: pb.ACTION_BLOCK}
+            Action.HASH: pb.ACTION_HASH, Action.BLOCK: pb.ACTION_BLOCK, Action.FLAG: pb.ACTION_FLAG}
 _MAX_CANARIES = 32
 _MAX_CANARY_CHARS = 256
 _MAX_TOKEN_BYTES = 1 << 20

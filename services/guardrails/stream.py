@@ -3,7 +3,8 @@
 Text is released only up to a cut point chosen so that nothing at or after it can
 still turn out to be part of a finding:
   - at least `window` characters stay held back, more than the longest PII item,
-    canary or blocklist term, so anything that starts before the cut is complete;
+    canary (as spread out as a caught one can be: "9F-3A-1C") or blocklist term,
+    so anything that starts before the cut is complete;
   - the cut falls on whitespace, so tokens longer than the window (JWTs, API keys)
     are held until they end (up to `max_hold` characters);
   - the cut never splits a finding; an unterminated private-key block is itself a
@@ -21,6 +22,7 @@ from services.guardrails import metrics
 from services.guardrails.actions import Finding, Placeholders, restore
 from services.guardrails.checker import Guard, Verdict
 from services.guardrails.config import CANARY_ENTITY, Action, Policy
+from services.guardrails.terms import canary_span_limit
 
 # Released text kept in front of the held text when analysing it, so context words
 # ("call me at") still lift a finding's score.
@@ -42,7 +44,7 @@ class StreamStep:
 class OutputStream:
     def __init__(self, guard: Guard, policy: Policy, tenant: str, canaries: tuple[str, ...],
                  restore_map: dict[str, str] | None, window: int, max_hold: int, max_chars: int):
-        longest_term = max((len(t) for t in (*canaries, *policy.blocklist)), default=0)
+        longest_term = max(canary_span_limit(canaries), *(len(term) for term in policy.blocklist), 0)
         self.window = max(window, longest_term + 1)
         self.max_hold = max(max_hold, self.window + _MIN_RELEASE)
         self.max_chars = max_chars

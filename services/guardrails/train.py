@@ -1,25 +1,27 @@
-"""Builds the learned injection signals from the training split only.
+"""Builds the learned injection signals from the tunable data only.
 
     python -m services.guardrails.train [--data-dir DIR] [--out PATH] [--adapter PATH] [--layers N]
 
-Reads injection_train.jsonl (never the test split). Lexical model: a logistic
-regression on hashed character n-grams of the normalised prompt. Semantic model:
+Reads the tunable files (injection_train.jsonl, wildguard_benign_train.jsonl,
+piguard_valid.jsonl; never a report-only set) and the suite's own rows in
+services/guardrails/data (SOURCES). Lexical model: a logistic regression on
+hashed character n-grams of the normalised prompt. Semantic model:
 all-MiniLM-L6-v2 fine-tuned with low-rank adapters plus a logistic head on its
 pooled vector of the normalised prompt (finetune.py). The pattern families are not
 features (see classifier.py); the cascade that is scored applies them as the
 service does.
 
-Five-fold cross-validation on the training rows, grouped so that near-duplicates
-(a row contained in another, or embeddings with cosine >= 0.9, as with the many
-concatenated and translated rows) stay in one fold, picks jointly: the lexical
-model's regularisation strength C, the lexical gate's thresholds and the
-operating point (the learned score at which a prompt counts as an injection).
-Objective: F1 of the whole cascade; among settings within 0.005 of the best, the
-one that embeds fewest prompts, then the highest operating point. Both models are
-then fitted on all training rows: the head and the settings go to the JSON file,
-the adapters to the .npz file next to it. The adapters are fine-tuned five times
-for the folds and once on all rows: about half an hour on two CPU cores (about
-9 minutes with `--layers 1`, the encoder's first block only: the fast option).
+Cross-validation (FOLDS folds over all rows, grouped so that near-duplicates, a
+row contained in another or embeddings with cosine >= 0.9, stay in one fold)
+picks jointly the lexical model's C, the lexical gate's thresholds and the block
+point: the learned probability from which a prompt is blocked. Objective: F1 of
+the blocks of the whole cascade (patterns included) over every row, among the
+settings that block at most MAX_BENIGN_BLOCKED of the benign rows; among those
+within F1_TOLERANCE of the best, the one that embeds fewest prompts, then the
+highest block point. Then the flag point (below the block point): the best F1 of
+flag-or-block. Both models are then fitted on all rows: the head and the settings
+go to the JSON file, the adapters to the .npz file next to it. The adapters are
+fine-tuned once per fold and once on all rows: about an hour on two CPU cores.
 Deterministic on one machine: fixed folds and seeds, weights rounded to 5 digits.
 """
 
@@ -28,30 +30,40 @@ import hashlib
 import itertools
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.embedding.onnx_model import BLOCKS
 from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, HashingSpec, InjectionClassifier
+from services.guardrails.config import BLOCK_SCORE, FLAG_SCORE
 from services.guardrails.datasets import data_dir, read_jsonl
-from services.guardrails.injection import cheap_signals
+from services.guardrails.injection import DECISIVE_SCORE, cheap_signals
 
 log = logging.getLogger(__name__)
 
-TRAIN_FILE = "injection_train.jsonl"
-# Benign requests written for this suite ("Write a poem about ...", "List ...",
-# "Translate ...", long multi-part questions; English and German): the public
-# training rows hold few plain task requests that are not attacks, and without
-# these the models learned "an imperative is an attack". Added to every training
-# fold and to the final fit; cross-validation scores only the public rows.
-BENIGN_FILE = Path(__file__).parent / "data" / "benign_tasks.jsonl"
+_OWN = Path(__file__).parent / "data"
+# (file, folder) of every training source: the public tunable files, then the
+# suite's own rows. benign_tasks.jsonl: plain task requests ("Write a poem about
+# ...", "List ...", long multi-part questions), without which the models learned
+# "an imperative is an attack". benign_trigger_words.jsonl: ordinary requests that
+# use the words attacks use (ignore, pretend, act as, instructions, system prompt,
+# jailbreak, developer mode, decode this base64, ...), in code, essays, games,
+# translations, summaries and typos, several languages. attack_styles.jsonl:
+# attacks in the styles of the pattern families and beyond them (indirect
+# injections in pasted text, output manipulation, payload splitting).
+PUBLIC_SOURCES = ("injection_train.jsonl", "wildguard_benign_train.jsonl", "piguard_valid.jsonl")
+OWN_SOURCES = ("benign_tasks.jsonl", "benign_trigger_words.jsonl", "attack_styles.jsonl")
 C_GRID = (3.0, 10.0, 30.0)
-GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 GATE_ATTACK_GRID = (0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: never skip on a confident attack
-OPERATING_POINTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+POINTS = tuple(round(0.05 * i, 2) for i in range(2, 20))  # 0.10 ... 0.95
+# "Block only when confident": the block point may block at most this share of
+# the benign rows in cross-validation.
+MAX_BENIGN_BLOCKED = 0.02
 F1_TOLERANCE = 0.005
-FOLDS = 5
+FOLDS = 3
 # Rows sharing this many leading or trailing characters are near-duplicates.
 _SHARED_CHARS = 30
 _DUPLICATE_COSINE = 0.9
@@ -92,7 +104,7 @@ def _folds():
 
 
 def _out_of_fold(fit_predict, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Each training row's probability from a model fitted without its fold:
+    """Each row's probability from a model fitted without its fold:
     fit_predict(train_rows, test_rows) -> probabilities of test_rows."""
     predicted = np.zeros(len(labels))
     for train, test in _folds().split(np.zeros(len(labels)), labels, groups):
@@ -100,16 +112,93 @@ def _out_of_fold(fit_predict, labels: np.ndarray, groups: np.ndarray) -> np.ndar
     return predicted
 
 
-def read_benign_tasks() -> list[str]:
-    """The suite's own benign task requests (see BENIGN_FILE)."""
-    return [row["text"] for row in read_jsonl(BENIGN_FILE)]
+@dataclass
+class TrainingData:
+    texts: list[str]
+    labels: np.ndarray
+    source: np.ndarray  # file name per row
+    files: dict[str, dict]  # file name -> rows, attacks, sha256
+
+
+def read_sources(directory: Path) -> TrainingData:
+    texts, labels, source, files = [], [], [], {}
+    for name, folder in [(n, directory) for n in PUBLIC_SOURCES] + [(n, _OWN) for n in OWN_SOURCES]:
+        path = folder / name
+        rows = read_jsonl(path)
+        texts += [row["text"] for row in rows]
+        labels += [int(row["label"]) for row in rows]
+        source += [name] * len(rows)
+        files[name] = {"rows": len(rows), "attacks": sum(int(row["label"]) for row in rows),
+                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                       "origin": "public (tunable)" if folder == directory else "written for this suite"}
+    return TrainingData(texts, np.asarray(labels), np.asarray(source), files)
 
 
 def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import f1_score, precision_score, recall_score
 
     return {"f1": round(f1_score(labels, predicted), 4), "precision": round(precision_score(labels, predicted), 4),
-            "recall": round(recall_score(labels, predicted), 4)}
+            "recall": round(recall_score(labels, predicted), 4),
+            "benign_blocked": round(float(predicted[labels == 0].mean()), 4)}
+
+
+@dataclass
+class Cascade:
+    """Out-of-fold inputs of the cascade: rule scores and both learned probabilities."""
+
+    labels: np.ndarray
+    rule: np.ndarray
+    lexical: dict[float, np.ndarray]  # C -> probability
+    semantic: np.ndarray
+
+    def learned(self, c: float, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+        """(learned probability, whether the encoder ran) per row for one gate."""
+        lexical = self.lexical[c]
+        skip = (lexical < low) | (lexical >= high)
+        return np.where(skip, lexical, (lexical + self.semantic) / 2), ~skip & (self.rule < DECISIVE_SCORE)
+
+    def over(self, learned: np.ndarray, point: float, rule_score: float) -> np.ndarray:
+        """Rows at or over `point` (learned) or `rule_score` (patterns), as the service decides."""
+        return (self.rule >= rule_score) | ((self.rule < DECISIVE_SCORE) & (learned >= point))
+
+
+def choose_block(cascade: Cascade) -> dict:
+    candidates = []
+    for c, low, high, point in itertools.product(cascade.lexical, GATE_BENIGN_GRID, GATE_ATTACK_GRID, POINTS):
+        learned, embedded = cascade.learned(c, low, high)
+        scores = _scores(cascade.labels, cascade.over(learned, point, BLOCK_SCORE))
+        if scores["benign_blocked"] <= MAX_BENIGN_BLOCKED:
+            candidates.append({"lexical_C": c, "gate_benign_below": low, "gate_attack_above": high,
+                               "block_point": point, "embedded_fraction": round(float(embedded.mean()), 3),
+                               **scores})
+    best_f1 = max(c["f1"] for c in candidates)
+    chosen = min((c for c in candidates if c["f1"] >= best_f1 - F1_TOLERANCE),
+                 key=lambda c: (c["embedded_fraction"], -c["block_point"], c["lexical_C"],
+                                -c["gate_benign_below"], c["gate_attack_above"]))
+    return {**chosen, "best_f1": best_f1}
+
+
+def choose_flag(cascade: Cascade, block: dict) -> dict:
+    learned, _ = cascade.learned(block["lexical_C"], block["gate_benign_below"], block["gate_attack_above"])
+    candidates = [{"flag_point": point, **_scores(cascade.labels, cascade.over(learned, point, FLAG_SCORE))}
+                  for point in POINTS if point < block["block_point"]]
+    return max(candidates, key=lambda c: (c["f1"], c["flag_point"]))
+
+
+def per_source(data: TrainingData, cascade: Cascade, block: dict, flag: dict) -> dict:
+    """Cross-validated block and flag rates per training file, at the chosen settings."""
+    learned, _ = cascade.learned(block["lexical_C"], block["gate_benign_below"], block["gate_attack_above"])
+    blocked = cascade.over(learned, block["block_point"], BLOCK_SCORE)
+    flagged = cascade.over(learned, flag["flag_point"], FLAG_SCORE) & ~blocked
+    result = {}
+    for name in data.files:
+        rows = data.source == name
+        for label, kind in ((0, "benign"), (1, "attacks")):
+            chosen = rows & (data.labels == label)
+            if chosen.any():
+                result[f"{name} {kind}"] = {"rows": int(chosen.sum()), "blocked": int(blocked[chosen].sum()),
+                                            "flagged": int(flagged[chosen].sum())}
+    return result
 
 
 def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifier:
@@ -120,77 +209,51 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
     from services.embedding.onnx_model import sha256_file
     from services.guardrails import finetune
 
-    path = directory / TRAIN_FILE
-    rows = read_jsonl(path)
-    texts = [row["text"] for row in rows]
-    labels = np.asarray([int(row["label"]) for row in rows])
-    signals = [cheap_signals(text) for text in texts]
-    rule_hit = np.asarray([s.rule_score >= 0.5 for s in signals])
-    decisive = np.asarray([s.decisive for s in signals])
-    log.info("rules alone: %s", _scores(labels, rule_hit))
+    data = read_sources(directory)
+    labels = data.labels
+    signals = [cheap_signals(text) for text in data.texts]
+    rule = np.asarray([s.rule_score for s in signals])
+    log.info("%d rows (%d attacks) from %s", len(labels), labels.sum(), ", ".join(data.files))
+    log.info("rules alone (block): %s", _scores(labels, rule >= BLOCK_SCORE))
 
     embedder = Embedder(quantize=False)
-    embeddings = np.concatenate([embedder.embed(texts[i:i + 32]) for i in range(0, len(texts), 32)])
-    groups = near_duplicate_groups(texts, embeddings)
-    log.info("%d rows in %d near-duplicate groups", len(texts), len(set(groups)))
-
-    import scipy.sparse
+    embeddings = np.concatenate([embedder.embed(data.texts[i:i + 32]) for i in range(0, len(labels), 32)])
+    groups = near_duplicate_groups(data.texts, embeddings)
+    log.info("%d rows in %d near-duplicate groups", len(labels), len(set(groups)))
 
     normalised = [s.normalised for s in signals]
-    extra = [cheap_signals(text).normalised for text in read_benign_tasks()]
-    extra_labels = np.zeros(len(extra), dtype=labels.dtype)
-    vectorizer = HASHING.vectorizer()
-    lexical_x, extra_x = vectorizer.transform(normalised).tocsr(), vectorizer.transform(extra).tocsr()
+    lexical_x = HASHING.vectorizer().transform(normalised).tocsr()
 
     def lexical_fold(c: float):
         def fit_predict(train, test):
-            model = _model(c).fit(scipy.sparse.vstack([lexical_x[train], extra_x]),
-                                  np.concatenate([labels[train], extra_labels]))
-            return model.predict_proba(lexical_x[test])[:, 1]
+            return _model(c).fit(lexical_x[train], labels[train]).predict_proba(lexical_x[test])[:, 1]
         return fit_predict
 
     def tuned_fold(train, test):
-        model = finetune.fit(model_dir(), [normalised[i] for i in train] + extra,
-                             np.concatenate([labels[train], extra_labels]), layers)
+        model = finetune.fit(model_dir(), [normalised[i] for i in train], labels[train], layers)
         log.info("fine-tuned a fold")
         return finetune.predict(model, model_dir(), [normalised[i] for i in test])
 
-    lexical_p = {c: _out_of_fold(lexical_fold(c), labels, groups) for c in C_GRID}
-    semantic = _out_of_fold(tuned_fold, labels, groups)
+    cascade = Cascade(labels, rule, {c: _out_of_fold(lexical_fold(c), labels, groups) for c in C_GRID},
+                      _out_of_fold(tuned_fold, labels, groups))
+    block = choose_block(cascade)
+    flag = choose_flag(cascade, block)
+    alone = {"lexical_alone": _scores(labels, cascade.lexical[block["lexical_C"]] >= 0.5),
+             "fine_tuned_alone": _scores(labels, cascade.semantic >= 0.5)}
+    sources = per_source(data, cascade, block, flag)
+    log.info("chosen by cross-validation: block %s, flag %s; learned signals alone at 0.5: %s; per source: %s",
+             block, flag, alone, sources)
 
-    candidates = []
-    for lexical_c, low, high, point in itertools.product(C_GRID, GATE_BENIGN_GRID, GATE_ATTACK_GRID,
-                                                         OPERATING_POINTS):
-        lexical = lexical_p[lexical_c]
-        skip = (lexical < low) | (lexical >= high)
-        learned = np.where(skip, lexical, (lexical + semantic) / 2)
-        predicted = np.where(decisive, rule_hit, rule_hit | (learned >= point))
-        embedded = float(np.mean(~decisive & ~skip))
-        candidates.append({"lexical_C": lexical_c, "gate_benign_below": low,
-                           "gate_attack_above": high, "operating_point": point,
-                           "embedded_fraction": round(embedded, 3), **_scores(labels, predicted)})
-    best_f1 = max(c["f1"] for c in candidates)
-    chosen = min((c for c in candidates if c["f1"] >= best_f1 - F1_TOLERANCE),
-                 key=lambda c: (c["embedded_fraction"], -c["operating_point"], c["lexical_C"],
-                                -c["gate_benign_below"], c["gate_attack_above"]))
-    alone = {"lexical_alone": _scores(labels, lexical_p[chosen["lexical_C"]] >= 0.5),
-             "fine_tuned_alone": _scores(labels, semantic >= 0.5)}
-    log.info("chosen by cross-validation: %s (best F1 %.4f); learned signals alone at 0.5: %s", chosen, best_f1, alone)
-
-    all_labels = np.concatenate([labels, extra_labels])
-    lexical_model = _model(chosen["lexical_C"]).fit(scipy.sparse.vstack([lexical_x, extra_x]), all_labels)
-    tuned = finetune.fit(model_dir(), normalised + extra, all_labels, layers)
+    lexical_model = _model(block["lexical_C"]).fit(lexical_x, labels)
+    tuned = finetune.fit(model_dir(), normalised, labels, layers)
     tuned.save_adapter(adapter_out)
     head, bias = tuned.head_weights()
     import sklearn
 
     metadata = {
-        "trained_on": TRAIN_FILE,
-        "train_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "rows": len(rows),
+        "sources": data.files,
+        "rows": len(labels),
         "positives": int(labels.sum()),
-        "benign_tasks": {"file": BENIGN_FILE.name, "rows": len(extra),
-                         "sha256": hashlib.sha256(BENIGN_FILE.read_bytes()).hexdigest()},
         "near_duplicate_groups": len(set(groups)),
         "embedding_model": MODEL_NAME,
         "adapter": adapter_out.name,
@@ -199,21 +262,21 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
                         "epochs": finetune.EPOCHS, "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH,
                         "seed": finetune.SEED},
         "scikit_learn": sklearn.__version__,
-        "cross_validation": {"rules_alone": _scores(labels, rule_hit), **alone, "best_f1": best_f1,
-                             "chosen": chosen},
+        "cross_validation": {"folds": FOLDS, "rules_alone": _scores(labels, rule >= BLOCK_SCORE), **alone,
+                             "block": block, "flag": flag, "per_source": sources},
     }
     return InjectionClassifier(
         hashing=HASHING,
         lexical_coef=lexical_model.coef_[0], lexical_intercept=float(lexical_model.intercept_[0]),
         embedding_dim=embeddings.shape[1], semantic_coef=head, semantic_intercept=bias,
-        gate_benign_below=chosen["gate_benign_below"], gate_attack_above=chosen["gate_attack_above"],
-        operating_point=chosen["operating_point"], metadata=metadata)
+        gate_benign_below=block["gate_benign_below"], gate_attack_above=block["gate_attack_above"],
+        flag_point=flag["flag_point"], block_point=block["block_point"], metadata=metadata)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="folder holding injection_train.jsonl (default: the suite's data folder)")
+                        help="folder holding the public tunable files (default: the suite's data folder)")
     parser.add_argument("--out", type=Path, help=f"where to write the classifier JSON (default: {DEFAULT_PATH.name})")
     parser.add_argument("--adapter", type=Path,
                         help=f"where to write the fine-tuned adapters (default: {DEFAULT_ADAPTER_PATH.name})")

@@ -238,9 +238,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         texts = list(request.texts)
         validation.embed_texts(texts, self._settings)
         vectors = await self._rpc_embedder.embed_many(texts)
+        # The model's own tokenizer, as it was fed: the attention mask marks the real tokens.
+        encodings = self._rpc_embedder.embedder.tokenizer.encode_batch(texts)
         return retrieval_pb2.EmbedResponse(
             embeddings=[retrieval_pb2.Embedding(values=row.tolist()) for row in vectors],
-            model=self._store.model_name, dimension=self._store.dimension)
+            model=self._store.model_name, dimension=self._store.dimension,
+            input_tokens=sum(sum(encoding.attention_mask) for encoding in encodings))
 
 
 def _array(vector) -> np.ndarray | None:

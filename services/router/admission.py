@@ -62,14 +62,15 @@ class Admission:
         if inference.session_id:
             history = await self._sessions.history(tenant_id, inference.session_id, tenant.history_turns)
         choice = self._choose(inference, history + checked.turns, rag)
-        user_key = inference.user or key_id_var.get() or request_id_var.get()
+        key_id = key_id_var.get()
+        user_key = inference.user or key_id or request_id_var.get()
         variant = self._rollouts.assign(choice.model, tenant_id, user_key)
         template = self._templates.active(tenant.template)
         scope = Scope(tenant_id, variant, template_id(tenant.template, template), inference.sampling,
                       (inference.retrieval_collection, inference.retrieval_top_k, inference.retrieval_score_threshold))
-        return RequestState(request=inference, tenant_id=tenant_id, tenant=tenant, deadline=deadline,
-                            streaming=streaming, started=started, report=report, checked=checked, vector=vector,
-                            history=history, choice=choice, variant=variant, user_key=user_key, template=template,
+        return RequestState(request=inference, tenant_id=tenant_id, tenant=tenant, key_id=key_id,
+                            deadline=deadline, streaming=streaming, started=started, report=report,
+                            checked=checked, vector=vector, history=history, choice=choice, variant=variant, user_key=user_key, template=template,
                             scope=scope, key=exact_key(scope, history + checked.turns), wanted=wanted)
 
     async def _check_and_embed(self, inference: InferenceRequest, tenant: TenantSettings, deadline: Deadline,

@@ -1,5 +1,7 @@
 """The router's audit records: one per request (from finish, or from the pipeline when a
 request fails) and one per admin action, handed to the shared audit log (services/audit).
+An answered request's record is made of its UsageRecord (usage.py), the one set of
+per-request facts that usage counters and feedback read too.
 
 A record says who asked (tenant, key id, request id), what served it (model,
 variant, template version, tier, cache status), what it cost (tokens, USD), what
@@ -17,11 +19,12 @@ from typing import Iterable
 from llmsuite.inference.v1 import inference_pb2
 
 from services.audit.fingerprint import Fingerprints
-from services.audit.log import AuditLog, utc_now
+from services.audit.log import AuditLog, utc_now, utc_time
 from services.common.context import key_id_var, request_id_var, tenant_var
 from services.common.errors import ServiceError
-from services.router.events import Answer
 from services.router.state import TIER_NAMES, RequestState
+from services.router.usage import UsageRecord, finding_names
+from services.router.validation import InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,9 @@ def _enum(enum, value: int, prefix: str) -> str:
     return enum.Name(value).removeprefix(prefix).lower()
 
 
-def _findings(findings: Iterable[inference_pb2.GuardrailFinding], stage: str) -> list[str]:
-    return sorted({finding.entity for finding in findings if finding.stage == stage})
+def _findings(names: Iterable[str], stage: str) -> list[str]:
+    """The finding types of one stage, from UsageRecord.findings ("stage:ENTITY")."""
+    return sorted({name.partition(":")[2] for name in names if name.partition(":")[0] == stage})
 
 
 class Auditing:
@@ -61,30 +65,30 @@ class Auditing:
         if self._log is not None:
             self._log.write(record)
 
-    def answered(self, state: RequestState, answer: Answer, cost_usd: float) -> None:
-        """The record of a request that got its answer."""
+    def answered(self, record: UsageRecord, state: RequestState, answer_text: str) -> None:
+        """The record of a request that got its answer: the facts of its usage record, the
+        guardrails' verdicts, and HMACs of the text."""
         if self._log is None:
             return
-        report = state.report
         self._write({
-            **self._caller("request"), "outcome": "OK",
-            **self._request_fields(state),
-            "model": answer.model, "variant": answer.variant, "model_version": answer.model_version,
-            "tier": TIER_NAMES[answer.tier],
-            "cache": _enum(inference_pb2.CacheStatus, answer.cache_status, "CACHE_STATUS_"),
-            "finish_reason": _enum(inference_pb2.FinishReason, answer.finish_reason, "FINISH_REASON_"),
-            "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
-            "cost_usd": round(cost_usd, 8),
-            "guardrails": {stage: {"verdict": report.verdicts.get(stage, "off"),
-                                   "findings": _findings(report.findings, stage)} for stage in ("input", "output")},
-            "degraded": list(report.degraded),
-            "answer_hmac": self._hmac(answer.text),
+            "kind": "request", "time": utc_time(record.at), "tenant": record.tenant, "key_id": record.key_id,
+            "request_id": record.request_id, "outcome": "OK",
+            **self._text_hmacs(state.request),
+            "template": record.template, "template_version": record.template_version,
+            "model": record.model, "variant": record.variant, "model_version": record.model_version,
+            "tier": TIER_NAMES[record.tier],
+            "cache": _enum(inference_pb2.CacheStatus, record.cache_status, "CACHE_STATUS_"),
+            "finish_reason": _enum(inference_pb2.FinishReason, record.finish_reason, "FINISH_REASON_"),
+            "input_tokens": record.input_tokens, "output_tokens": record.output_tokens,
+            "cost_usd": round(record.cost_usd, 8),
+            "guardrails": {stage: {"verdict": state.report.verdicts.get(stage, "off"),
+                                   "findings": _findings(record.findings, stage)} for stage in ("input", "output")},
+            "degraded": list(record.degraded),
+            "answer_hmac": self._hmac(answer_text),
         })
 
-    def _request_fields(self, state: RequestState) -> dict:
-        request = state.request
+    def _text_hmacs(self, request: InferenceRequest) -> dict:
         return {"user_hmac": self._hmac(request.user), "session_hmac": self._hmac(request.session_id),
-                "template": state.tenant.template, "template_version": state.template.version,
                 "prompt_hmac": self._prompt_hmac((turn.role, turn.content) for turn in request.turns)}
 
     def failed(self, request, state: RequestState | None, err: BaseException) -> None:
@@ -94,8 +98,10 @@ class Auditing:
         record = {**self._caller("request"), "outcome": status_name(err),
                   "reason": err.reason if isinstance(err, ServiceError) else ""}
         if state is not None:
-            record.update(self._request_fields(state), model=state.choice.model, variant=state.variant,
-                          guardrails={stage: {"verdict": verdict, "findings": _findings(state.report.findings, stage)}
+            names = finding_names(state.report.findings)
+            record.update(self._text_hmacs(state.request), template=state.tenant.template,
+                          template_version=state.template.version, model=state.choice.model, variant=state.variant,
+                          guardrails={stage: {"verdict": verdict, "findings": _findings(names, stage)}
                                       for stage, verdict in state.report.verdicts.items()},
                           degraded=list(state.report.degraded))
         else:

@@ -143,6 +143,13 @@ class ResponseCache:
             CACHE_ERRORS.labels("put").inc()
             log.warning("cache write skipped: %s", err)
 
+    async def drop(self, keys: list[str]) -> int:
+        """Removes cached answers (a deleted session's); returns how many existed. StoreError when unreachable."""
+        removed = 0
+        for key in keys:
+            removed += await self._answers.delete(key)
+        return removed
+
     async def find_similar(self, scope: Scope, question: str, vector: np.ndarray,
                            threshold: float) -> SemanticHit | None:
         """The most similar earlier question of the scope at or above threshold, if its answer is live."""

@@ -67,22 +67,26 @@ class Caching:
                     return Answer.cached(hit.answer, inference_pb2.CACHE_STATUS_HIT_SEMANTIC)
         return None
 
-    async def store(self, state: RequestState, answer: Answer) -> None:
+    async def store(self, state: RequestState, answer: Answer) -> str:
         """Keeps a model's complete answer (answer.fresh), unless the policy, a redaction or a
-        degradation rules it out."""
+        degradation rules it out; returns the key it was stored under ("" when not stored)."""
         plan = state.plan
         if not plan.write:
             CACHE_WRITES.labels("policy").inc()
-            return
+            return ""
         if answer.redacted:
             CACHE_WRITES.labels("redacted").inc()
-            return
+            return ""
         if state.report.degraded:
             CACHE_WRITES.labels("degraded").inc()
-            return
+            return ""
         ttl_s = state.tenant.cache_ttl_s
         await self._cache.put(state.key, answer.fresh, ttl_s)
         vector = state.question_vector
-        if plan.semantic and vector is not None:
+        # A session's turns stay out of the semantic index: its entries carry the
+        # question's text, and DeleteSession must be able to remove everything a
+        # session wrote (its exact keys are tracked by the session store).
+        if plan.semantic and vector is not None and not state.request.session_id:
             await self._cache.add_vector(state.scope, state.question, vector, state.key, ttl_s)
         CACHE_WRITES.labels("stored").inc()
+        return state.key

@@ -4,6 +4,8 @@ Tenant policy lives in `tenants:`, a mapping from tenant id (as the gateway sets
 to TenantSettings; the `default` entry applies to every tenant without its own.
 """
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from services.common.config import ServerSettings, Settings
@@ -83,6 +85,23 @@ class AutoRollbackSettings(Settings):
         0.05, ge=0, description="A p95 increase below this many seconds never counts (noise on fast answers).")
 
 
+class Budget(Settings):
+    """Token and spend limits; 0 is unlimited (the default).
+
+    Tokens are counted per minute (input and output), spend per UTC day and month from
+    the price table; a request starts only while every limit has room, and a stream is
+    stopped where it would pass one (docs/router.md, "Budgets").
+    """
+
+    tokens_per_minute: int = Field(0, ge=0, description="Input plus output tokens per minute; 0 is unlimited.")
+    usd_per_day: float = Field(0.0, ge=0, description="Spend per UTC day in US dollars; 0 is unlimited.")
+    usd_per_month: float = Field(0.0, ge=0, description="Spend per UTC month in US dollars; 0 is unlimited.")
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.tokens_per_minute or self.usd_per_day or self.usd_per_month)
+
+
 class TenantSettings(Settings):
     """Per-tenant policy."""
 
@@ -93,6 +112,11 @@ class TenantSettings(Settings):
     guardrails_policy: str = Field("", description="Guardrails policy name; empty lets guardrails pick the tenant's own.")
     guardrails_fail_open: bool = Field(
         False, description="When guardrails are unreachable, answer unchecked (marked degraded) instead of failing.",
+    )
+    on_injection_flag: Literal["pass", "block"] = Field(
+        "pass", description="What a prompt in guardrails' flag band (suspicious, not confidently an attack) gets: "
+                            "`pass` answers it with the finding reported; `block` refuses it like a block "
+                            "(INPUT_BLOCKED, reason INJECTION_FLAGGED in the details).",
     )
     reversible_redaction: bool = Field(
         False, description="Restore redacted input items (placeholders) in the answer, for this request only.",
@@ -109,6 +133,10 @@ class TenantSettings(Settings):
     context_token_budget: int = Field(1024, ge=0, description="Most tokens of retrieved documents placed in a prompt.")
     history_turns: int = Field(10, ge=0, description="Most earlier session turns (user + assistant) added to a prompt.")
     fallback_to_light: bool = Field(True, description="Answer with the light model when the full one is unavailable.")
+    budget: Budget = Field(default_factory=Budget, description="The tenant's token and spend limits (default unlimited).")
+    key_budgets: dict[str, Budget] = Field(
+        default_factory=dict, description="API key id -> limits of that key, on top of the tenant's (default none).",
+    )
 
 
 class RouterSettings(ServerSettings):
@@ -195,6 +223,24 @@ class RouterSettings(ServerSettings):
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Time an open breaker waits before a half-open probe.")
     max_in_flight: int = Field(256, ge=1, description="Most concurrent calls to one upstream; more fail fast.")
+
+    budget_fail_open: bool = Field(
+        True, description="When Redis cannot be asked, answer without the budget check (logged, counted) "
+                          "instead of failing with UNAVAILABLE.",
+    )
+    feedback_window_s: float = Field(
+        86_400.0, gt=0, description="How long after an answer its request id takes feedback (the record that "
+                                    "ties it to its tenant is kept this long).",
+    )
+    max_batch_requests: int = Field(100, ge=1, le=10_000, description="Most requests in one SubmitBatch.")
+    job_ttl_s: float = Field(
+        86_400.0, gt=0, description="A job, its results and its idempotency key are kept this long after the "
+                                    "job's last result (or its submission).",
+    )
+    job_workers: int = Field(
+        2, ge=0, le=64, description="Without Redis: requests of batch jobs this router answers at once (its "
+                                    "in-process worker). With Redis, `python -m services.worker` processes run jobs.",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> "RouterSettings":

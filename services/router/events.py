@@ -15,6 +15,7 @@ from llmsuite.guardrails.v1 import guardrails_pb2
 from llmsuite.inference.v1 import inference_pb2
 
 from services.router.cache import CachedAnswer
+from services.router.counters import Debit
 
 _FINISH_REASONS = {
     generation_pb2.FINISH_REASON_STOP: inference_pb2.FINISH_REASON_STOP,
@@ -93,13 +94,17 @@ class Answer:
     redacted: bool = False
     # The variant of `model` that produced it (rollout.py), e.g. full@2.
     variant: str = ""
+    # What the budget counters were debited while it was generated; finish settles it.
+    debit: Debit = Debit()
+    # The cache entry a cached answer came from (what generating it again would cost).
+    source: CachedAnswer | None = None
 
     @classmethod
     def cached(cls, cached: CachedAnswer, status: int) -> "Answer":
         """A cached answer: nothing was generated for it, so it reports no usage."""
         return cls(text=cached.text, finish_reason=finish_reason(cached.finish_reason),
                    tier=inference_pb2.TIER_CACHE, model=cached.model, model_version=cached.model_version,
-                   cache_status=status, variant=cached.variant or cached.model)
+                   cache_status=status, variant=cached.variant or cached.model, source=cached)
 
     @property
     def from_cache(self) -> bool:

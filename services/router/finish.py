@@ -1,10 +1,12 @@
 """Stage 5, finish: the one exit of every answer (cache hit, model answer, cached fallback).
 
 Releases what the caller has not received yet (a cached answer's text, on a stream),
-offers a fresh answer to the cache, adds the session turn, accounts usage, cost and
-overhead, writes the request's audit record (queued before the final message goes
-out, so every answered request has one) and builds the final message. A request
-that fails gets its audit record from `failed`.
+offers a fresh answer to the cache, adds the session turn (with the cache key it
+wrote, so DeleteSession can remove it), builds the request's one UsageRecord and
+hands it to its consumers (usage counters and budget settlement, the request log
+that feedback checks, the audit record: queued before the final message goes out,
+so every answered request has one), and builds the final message. A request that
+fails gets its audit record from `failed`.
 """
 
 import logging
@@ -18,31 +20,39 @@ from services.router.auditing import Auditing
 from services.router.caching import Caching
 from services.router.config import RouterSettings
 from services.router.events import Answer, Delta, Final
+from services.router.feedback import RequestLog
 from services.router.metrics import ANSWERS, COST, OVERHEAD, TOKENS
 from services.router.pricing import cost_usd
 from services.router.sessions import SessionStore
 from services.router.state import TIER_NAMES, RequestState
+from services.router.usage import Usage, UsageRecord, finding_names
 from services.router.validation import Turn
 
 log = logging.getLogger(__name__)
 
 
 class Finish:
-    def __init__(self, settings: RouterSettings, caching: Caching, sessions: SessionStore, auditing: Auditing):
+    def __init__(self, settings: RouterSettings, caching: Caching, sessions: SessionStore, usage: Usage,
+                 requests: RequestLog, auditing: Auditing):
         self._settings = settings
         self._caching = caching
         self._sessions = sessions
+        self._usage = usage
+        self._requests = requests
         self._auditing = auditing
 
     async def finish(self, state: RequestState, answer: Answer) -> AsyncIterator[Delta | Final]:
         """Yields the text the caller has not received yet (streaming only), then the Final message."""
         if state.streaming and answer.from_cache and answer.text:
             yield Delta(answer.text)
-        if answer.fresh is not None:
-            await self._caching.store(state, answer)
+        cache_key = await self._caching.store(state, answer) if answer.fresh is not None else ""
         if state.request.session_id and (answer.fresh is not None or answer.from_cache):
-            await self._remember(state, answer.text)
+            await self._remember(state, answer.text, cache_key)
         cost = self._account(answer)
+        record = self._record(state, answer, cost)
+        await self._usage.record(record, answer.debit)
+        await self._requests.remember(record)
+        self._auditing.answered(record, state, answer.text)
         overhead_s = max(time.perf_counter() - state.started - answer.generation_s, 0.0)
         OVERHEAD.observe(overhead_s)
         report = state.report
@@ -50,7 +60,6 @@ class Finish:
                                     "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
                                     "degraded": report.degraded,
                                     "cache": inference_pb2.CacheStatus.Name(answer.cache_status)})
-        self._auditing.answered(state, answer, cost)
         yield Final(inference_pb2.GenerateResponse(
             text=answer.text,
             finish_reason=answer.finish_reason,
@@ -89,6 +98,22 @@ class Finish:
         TOKENS.labels(answer.model, "output").inc(answer.output_tokens)
         return cost
 
-    async def _remember(self, state: RequestState, text: str) -> None:
+    def _record(self, state: RequestState, answer: Answer, cost: float) -> UsageRecord:
+        """The request's one record for usage, feedback and audit: what happened, never the text.
+        A cached answer reports the variant that first produced it."""
+        source = answer.source
+        savings = 0.0 if source is None else cost_usd(self._settings.prices, source.model, source.input_tokens,
+                                                      source.output_tokens)
+        return UsageRecord(
+            at=time.time(), request_id=request_id_var.get(), tenant=state.tenant_id, key_id=state.key_id,
+            model=answer.model, model_version=answer.model_version, variant=answer.variant,
+            template=state.tenant.template, template_version=state.template.version, tier=answer.tier,
+            cache_status=answer.cache_status, finish_reason=answer.finish_reason, input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens, cost_usd=cost, cache_savings_usd=savings,
+            degraded=tuple(state.report.degraded), findings=finding_names(state.report.findings),
+            streaming=state.streaming)
+
+    async def _remember(self, state: RequestState, text: str, cache_key: str) -> None:
         new = [turn for turn in state.checked.turns if turn.role != "system"]
-        await self._sessions.append(state.tenant_id, state.request.session_id, [*new, Turn("assistant", text)])
+        await self._sessions.append(state.tenant_id, state.request.session_id, [*new, Turn("assistant", text)],
+                                    cache_key=cache_key, cache_ttl_s=state.tenant.cache_ttl_s)

@@ -1,7 +1,9 @@
 """The input check: every client turn through guardrails' CheckInput before any model sees it.
 
 A block is INVALID_ARGUMENT with ErrorInfo reason INPUT_BLOCKED; a redaction
-replaces the turn's text with guardrails' sanitised one. When guardrails cannot be
+replaces the turn's text with guardrails' sanitised one. A turn in guardrails' flag
+band (a PROMPT_INJECTION finding with ACTION_FLAG, whatever the verdict) goes on with
+the finding reported, unless the tenant's `on_injection_flag` is `block`. When guardrails cannot be
 reached, the tenant's policy decides: fail closed (GUARDRAILS_UNAVAILABLE), or
 answer unchecked (degraded).
 """
@@ -14,7 +16,7 @@ from services.common.errors import InvalidArgument
 from services.common.resilience import Deadline
 from services.router.config import TenantSettings
 from services.router.guardrails_client import GuardrailsClient
-from services.router.metrics import GUARDRAIL_VERDICTS
+from services.router.metrics import GUARDRAIL_VERDICTS, INJECTION_FLAGS
 from services.router.state import UPSTREAM_DOWN, CheckedInput, Report, detail
 from services.router.validation import InferenceRequest, Turn
 
@@ -25,20 +27,30 @@ log = logging.getLogger(__name__)
 INJECTION_ENTITY = "PROMPT_INJECTION"
 
 _VERDICT_NAMES = {guardrails_pb2.VERDICT_ALLOW: "allow", guardrails_pb2.VERDICT_REDACT: "redact",
-                  guardrails_pb2.VERDICT_BLOCK: "block"}
+                  guardrails_pb2.VERDICT_BLOCK: "block", guardrails_pb2.VERDICT_FLAG: "flag"}
 
 
-def blocked(request: InferenceRequest, index: int, verdict: guardrails_pb2.CheckInputResponse) -> InvalidArgument:
-    """The error for a blocked turn: what blocked it, from guardrails' own findings."""
+def flagged(verdict: guardrails_pb2.CheckInputResponse) -> bool:
+    """Whether guardrails put the text in its injection flag band (guardrails.proto, VERDICT_FLAG)."""
+    return any(f.entity == INJECTION_ENTITY and f.action == guardrails_pb2.ACTION_FLAG for f in verdict.findings)
+
+
+def blocked(request: InferenceRequest, index: int, verdict: guardrails_pb2.CheckInputResponse, *,
+            flag: bool = False) -> InvalidArgument:
+    """The error for a blocked turn: what blocked it, from guardrails' own findings.
+
+    `flag`: blocked by the tenant's `on_injection_flag: block`, not by guardrails' verdict.
+    """
     field = "prompt" if request.from_prompt else f"messages[{index}].content"
-    entities = sorted({f.entity for f in verdict.findings if f.action == guardrails_pb2.ACTION_BLOCK})
-    if INJECTION_ENTITY not in entities and any(f.entity == INJECTION_ENTITY for f in verdict.findings):
-        entities.append(INJECTION_ENTITY)
+    action = guardrails_pb2.ACTION_FLAG if flag else guardrails_pb2.ACTION_BLOCK
+    entities = sorted({f.entity for f in verdict.findings if f.action == action})
+    metadata = {"stage": "input", "findings": detail(entities),
+                "injection_score": f"{verdict.injection_score:.3f}", "reasons": detail(verdict.reasons)}
+    if flag:
+        metadata["policy"] = "on_injection_flag=block"
     return InvalidArgument(
         "the input guardrails blocked this request: " + (detail(verdict.reasons) or "policy violation"),
-        field=field, reason="INPUT_BLOCKED",
-        metadata={"stage": "input", "findings": detail(entities),
-                  "injection_score": f"{verdict.injection_score:.3f}", "reasons": detail(verdict.reasons)})
+        field=field, reason="INPUT_BLOCKED", metadata=metadata)
 
 
 class InputCheck:
@@ -68,12 +80,25 @@ class InputCheck:
             report.add_findings("input", verdict.findings)
             if verdict.verdict == guardrails_pb2.VERDICT_BLOCK:
                 raise blocked(request, index, verdict)
+            if flagged(verdict):
+                self._flagged(request, index, verdict, tenant)
             if verdict.verdict == guardrails_pb2.VERDICT_REDACT:
                 redacted = True
                 turns[index] = Turn(turn.role, verdict.sanitized_text)
                 restore_token = verdict.restore_token or restore_token
         report.verdicts["input"] = "redact" if redacted else "allow"
         return CheckedInput(tuple(turns), redacted, restore_token)
+
+    @staticmethod
+    def _flagged(request: InferenceRequest, index: int, verdict: guardrails_pb2.CheckInputResponse,
+                 tenant: TenantSettings) -> None:
+        """A turn in the flag band: logged and counted (never its text); refused where the tenant says so."""
+        outcome = "blocked" if tenant.on_injection_flag == "block" else "passed"
+        INJECTION_FLAGS.labels(outcome).inc()
+        log.info("input flagged as a possible prompt injection",
+                 extra={"injection_score": round(verdict.injection_score, 4), "outcome": outcome})
+        if outcome == "blocked":
+            raise blocked(request, index, verdict, flag=True)
 
     def _unchecked(self, request: InferenceRequest, tenant: TenantSettings, report: Report) -> CheckedInput:
         """Guardrails cannot be reached: fail closed, or go on unchecked where the tenant fails open."""

@@ -30,6 +30,11 @@ GUARDRAIL_VERDICTS = Counter(
     "llmsuite_router_guardrail_verdicts_total", "Guardrail outcomes, by stage (input, output) and verdict.",
     ["stage", "verdict"],
 )
+INJECTION_FLAGS = Counter(
+    "llmsuite_router_injection_flags_total",
+    "Client turns guardrails flagged as possible prompt injections, by outcome (passed, or blocked by the "
+    "tenant's on_injection_flag).", ["outcome"],
+)
 BREAKER_STATE = Gauge(
     "llmsuite_router_breaker_state", "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
     ["upstream"],
@@ -71,4 +76,41 @@ ROLLBACKS = Counter(
 VARIANT_WEIGHT = Gauge(
     "llmsuite_router_variant_weight", "Share of an alias's users each variant serves now, in percent.",
     ["alias", "variant"],
+)
+BUDGET_REFUSALS = Counter(
+    "llmsuite_router_budget_refusals_total",
+    "Requests refused before generation because a budget was used up, by budget "
+    "(tokens_per_minute, usd_per_day, usd_per_month).", ["budget"],
+)
+BUDGET_STOPS = Counter(
+    "llmsuite_router_budget_stops_total", "Answers stopped mid-way because a budget ran out.",
+)
+BUDGET_ERRORS = Counter(
+    "llmsuite_router_budget_errors_total",
+    "Budget or usage counter operations that failed (admit, debit, refund, record) and were skipped.",
+    ["operation"],
+)
+FEEDBACK = Counter(
+    "llmsuite_router_feedback_total",
+    "Feedback received, by tenant, model variant (e.g. full@2), template as name@version and "
+    "rating (positive > 0, neutral = 0, negative < 0 on the -1..1 scale).",
+    ["tenant", "variant", "template", "rating"],
+)
+FEEDBACK_RATING = Histogram(
+    "llmsuite_router_feedback_rating",
+    "Feedback scores on the -1..1 scale (stars 1..5 mapped to -1..1); _sum / _count is the mean.",
+    ["tenant", "variant", "template"], buckets=(-1.0, -0.5, 0.0, 0.5, 1.0),
+)
+TASK_COMPLETION = Counter(
+    "llmsuite_router_task_completion_total",
+    "Feedback that said whether the task was completed, by tenant, variant, template and completed (true, false).",
+    ["tenant", "variant", "template", "completed"],
+)
+JOB_REQUESTS = Counter(
+    "llmsuite_jobs_requests_total",
+    "Requests of batch jobs processed, by outcome (succeeded, failed, skipped: cancelled or already done).",
+    ["outcome"],
+)
+JOB_CLAIMS = Counter(
+    "llmsuite_jobs_claimed_total", "Queue entries claimed from a worker that stopped answering (XAUTOCLAIM).",
 )

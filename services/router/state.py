@@ -106,6 +106,8 @@ class RequestState:
     request: InferenceRequest
     tenant_id: str
     tenant: TenantSettings
+    # The API key the gateway authenticated ("" for direct calls).
+    key_id: str
     deadline: Deadline
     streaming: bool
     # perf_counter() when the request arrived.

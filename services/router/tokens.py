@@ -12,8 +12,20 @@ import re
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
+_WORD = re.compile(r"\w")
+
+
 def estimate_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
+
+
+def estimate_added(previous: str, text: str) -> int:
+    """The tokens `text` adds to `previous`: estimate_tokens(previous + text) - estimate_tokens(previous),
+    in time proportional to `text` only (a word split across the two counts once)."""
+    tokens = estimate_tokens(text)
+    if previous and text and _WORD.match(previous[-1]) and _WORD.match(text[0]):
+        tokens -= 1
+    return tokens
 
 
 def truncate_tokens(text: str, limit: int) -> str:

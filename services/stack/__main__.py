@@ -34,6 +34,7 @@ llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
   logs:     {stack.var_dir / 'logs'}
   try:      .venv/bin/llmsuite generate "Explain what a token bucket is"
   grpcurl:  .venv/bin/grpcurl -plaintext 127.0.0.1:{p.envoy} list
+  OpenAI:   OpenAI(base_url="http://127.0.0.1:{p.envoy}/v1", api_key=os.environ["LLMSUITE_API_KEY"])
 A process that dies is restarted; Ctrl-C stops everything.""", flush=True)
     stop = stop_on_signals()
     Supervisor(stack.processes, report=lambda line: print(line, file=sys.stderr, flush=True)).run(stop)

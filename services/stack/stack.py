@@ -6,14 +6,17 @@ dependency order; the next starts only when the previous reports ready. Stopping
 goes in reverse order with SIGTERM, so every service drains gracefully.
 """
 
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from gateway.keys import ensure_dev_key
 from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
-from services.common.config import load
+from services.common.config import CONFIG_ENV, load
 from services.common.paths import REPO
 from services.stack.processes import ServiceProcess, free_port
 from services.triton.config import TritonSettings
@@ -38,9 +41,13 @@ class Ports:
     retrieval_metrics: int = 9103
     generation: int = 50054
     generation_metrics: int = 9104
+    worker: int = 50055
+    worker_metrics: int = 9105
     triton_grpc: int = 8001
     triton_http: int = 8000
     triton_metrics: int = 8002
+    openai: int = 8090
+    openai_metrics: int = 9106
     authz: int = 50061
     authz_metrics: int = 9161
     ratelimit: int = 50062
@@ -78,18 +85,42 @@ class Stack:
     model_repository: Path = field(default_factory=configured_model_repository)
     # Extra settings per section (tests tighten limits, set keys, ...).
     overrides: dict[str, dict] = field(default_factory=dict)
+    # Settings sections written to one YAML file that every component reads
+    # ($LLMSUITE_CONFIG): lists and maps, which environment variables cannot carry.
+    # Empty: the components inherit this process's $LLMSUITE_CONFIG, if any.
+    config: dict[str, dict] = field(default_factory=dict)
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     # The development API key (created on first start, kept under var/gateway).
     api_key: str = ""
 
     def _env(self, section: str, **settings) -> dict[str, str]:
-        return _settings_env(section, **{**settings, **self.overrides.get(section, {})})
+        env = _settings_env(section, **{**settings, **self.overrides.get(section, {})})
+        if self.config:
+            env[CONFIG_ENV] = str(self.var_dir / "llmsuite.yaml")
+        return env
+
+    def redis_url(self) -> str:
+        """The router's Redis ($REDIS_URL or a router override); empty: state and jobs stay in the router."""
+        return str(self.overrides.get("router", {}).get("redis_url") or os.environ.get("REDIS_URL", ""))
+
+    def _workers(self, grpc_ready) -> list[Component]:
+        """Batch-job workers: with Redis, one beside the router; without, the router runs jobs itself."""
+        if not self.redis_url():
+            return []
+        p = self.ports
+        return [Component("worker", _python("services.worker"),
+                          self._env("worker", port=p.worker, metrics_port=p.worker_metrics,
+                                    router_url=f"127.0.0.1:{p.router}", redis_url=self.redis_url()),
+                          grpc_ready(p.worker, 60))]
 
     def components(self) -> list[Component]:
         from services.triton.launcher import triton_command
 
         p = self.ports
         triton_argv, triton_env = triton_command(self.model_repository, p.triton_grpc, p.triton_http, p.triton_metrics)
+        if self.config:
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            (self.var_dir / "llmsuite.yaml").write_text(yaml.safe_dump(self.config))
         gateway_dir = self.var_dir / "gateway"
         keys_file = gateway_dir / "keys.yaml"
         self.api_key = ensure_dev_key(keys_file, gateway_dir / "dev-key")
@@ -101,6 +132,7 @@ class Stack:
                 "generation": [f"127.0.0.1:{p.generation}"],
                 "guardrails": [f"127.0.0.1:{p.guardrails}"],
                 "retrieval": [f"127.0.0.1:{p.retrieval}"],
+                "openai": [f"127.0.0.1:{p.openai}"],
             },
             security=EdgeSecurity(authz=[f"127.0.0.1:{p.authz}"], ratelimit=[f"127.0.0.1:{p.ratelimit}"]),
             descriptor_set=str(REPO / "gen" / "llmsuite.pb"),
@@ -130,6 +162,11 @@ class Stack:
                                 retrieval_url=f"127.0.0.1:{p.retrieval}",
                                 audit_dir=self.var_dir / "audit" / "router"),
                       grpc_ready(p.router, 60)),
+            *self._workers(grpc_ready),
+            Component("openai", _python("services.openai"),
+                      self._env("openai", port=p.openai, metrics_port=p.openai_metrics,
+                                router_url=f"127.0.0.1:{p.router}", retrieval_url=f"127.0.0.1:{p.retrieval}"),
+                      lambda proc: proc.wait_http_ok(f"http://127.0.0.1:{p.openai}/healthz", timeout=60)),
             Component("authz", _python("gateway.authz"),
                       self._env("authz", port=p.authz, metrics_port=p.authz_metrics, keys_file=keys_file),
                       grpc_ready(p.authz, 60)),

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.common import context
 from services.common.config import ServerSettings
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, QuotaViolation, ResourceExhausted
 from services.common.interceptor import error_message_factory
 from services.common.server import Service, build_server
 
@@ -25,6 +25,9 @@ class ErrorServicer(generation_pb2_grpc.GenerationServiceServicer):
             raise InvalidArgument("max_tokens must be between 1 and 10", field="sampling.max_tokens")
         if request.model == "busy":
             raise ResourceExhausted("slow down", reason="RATE_LIMITED", retry_after_s=2.5)
+        if request.model == "over-budget":
+            raise ResourceExhausted("budget used up", reason="BUDGET_EXCEEDED", retry_after_s=30,
+                                    quota_violations=[QuotaViolation("tenant:acme", "tokens_per_minute used up")])
         if request.model == "crash":
             raise RuntimeError("secret connection string postgres://admin:hunter2@db")
         return generation_pb2.GenerateResponse(text=f"{context.request_id_var.get()}|{context.tenant_var.get()}")
@@ -71,6 +74,17 @@ async def test_resource_exhausted_carries_retry_info(stub):
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in rpc_status.from_call(err.value).details)
     assert retry.retry_delay.ToMilliseconds() == 2500
+
+
+async def test_resource_exhausted_carries_quota_failure(stub):
+    client, _ = stub
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.Generate(generation_pb2.GenerateRequest(model="over-budget"))
+    details = rpc_status.from_call(err.value).details
+    quota, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
+    assert any(d.Unpack(quota) for d in details) and any(d.Unpack(retry) for d in details)
+    assert [(v.subject, v.description) for v in quota.violations] == [("tenant:acme", "tokens_per_minute used up")]
+    assert retry.retry_delay.seconds == 30
 
 
 async def test_unknown_exception_is_internal_without_its_text(stub):

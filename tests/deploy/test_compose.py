@@ -15,24 +15,28 @@ import yaml
 from gateway import certs, deployments
 from gateway.render import envoy_binary
 from services.common.config import load
-from tests.deploy.expected import ENVOY_PORT, ENVOY_STATS_PORT, PYTHON_SERVICES, TRITON_PORTS
+from tests.deploy.expected import ENVOY_PORT, ENVOY_STATS_PORT, HTTP_SERVICES, PYTHON_SERVICES, TRITON_PORTS
 from tests.gateway.procs import descriptor_set
 from tests.harness import REPO
 
 COMPOSE = REPO / "compose"
 COMPOSE_FILE = COMPOSE / "docker-compose.yml"
-EXPECTED_SERVICES = {"envoy", "keys-init", "certs-init", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation",
-                     "generation-gpu", "triton", "triton-gpu", "redis", "qdrant", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"envoy", "keys-init", "certs-init", "authz", "ratelimit", "router", "worker", "guardrails",
+                     "retrieval", "generation", "generation-gpu", "triton", "triton-gpu", "redis", "qdrant",
+                     "prometheus", "grafana", "openai"}
 ONE_SHOT = {"keys-init", "certs-init"}
-# Who may call each service's gRPC port (mutual TLS): Envoy, the router for its
-# upstreams, and the service itself (its container's health check).
+# Who may call each service's port (mutual TLS): Envoy, the router for its
+# upstreams, the batch workers for the router, the OpenAI API for the router and
+# retrieval (embeddings), and the service itself (its container's health check).
 ALLOWED_CLIENTS = {
-    "router": {"envoy", "router"},
+    "router": {"envoy", "router", "worker", "openai"},
     "guardrails": {"envoy", "router", "guardrails"},
-    "retrieval": {"envoy", "router", "retrieval"},
+    "retrieval": {"envoy", "router", "retrieval", "openai"},
+    "openai": {"envoy", "openai"},
     "generation": {"envoy", "router", "generation"},
     "authz": {"envoy", "authz"},
     "ratelimit": {"envoy", "ratelimit"},
+    "worker": {"worker"},
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("docker-compose") is None,
@@ -110,6 +114,7 @@ def test_python_services_listen_where_the_suite_expects(services, name):
         assert env[f"LLMSUITE_{section.upper()}_HOST"] == "0.0.0.0"
         assert {str(port), str(metrics_port)} <= set(map(str, service["expose"]))
         assert service["healthcheck"]["test"][-1] == str(port)
+        assert ("--http" in service["healthcheck"]["test"]) is (name in HTTP_SERVICES)
 
 
 def test_only_the_edge_and_dashboards_publish_ports_on_loopback(services):
@@ -127,7 +132,8 @@ def test_health_checks_and_start_order(services):
         for dependency, condition in (service.get("depends_on") or {}).items():
             expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             assert condition["condition"] == expected, (name, dependency)
-    assert set(services["envoy"]["depends_on"]) >= {"router", "authz", "ratelimit"}
+    assert set(services["envoy"]["depends_on"]) >= {"router", "authz", "ratelimit", "openai"}
+    assert set(services["openai"]["depends_on"]) >= {"router", "retrieval"}
     assert services["generation"]["depends_on"] == {"triton": {"condition": "service_healthy"},
                                                     "certs-init": {"condition": "service_completed_successfully"}}
     assert services["generation-gpu"]["depends_on"] == {"triton-gpu": {"condition": "service_healthy"},

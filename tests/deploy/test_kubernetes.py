@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from services.common.config import load
-from tests.deploy.expected import ENVOY_PORT, ENVOY_STATS_PORT, PYTHON_SERVICES, TRITON_PORTS
+from tests.deploy.expected import (
+    ENVOY_PORT,
+    ENVOY_STATS_PORT,
+    HTTP_HEALTH_PATH,
+    HTTP_SERVICES,
+    PYTHON_SERVICES,
+    TRITON_PORTS,
+)
 from tests.harness import REPO
 
 K8S = REPO / "deploy" / "k8s"
@@ -122,16 +129,21 @@ def test_redis_keeps_its_append_only_file_on_a_persistent_volume(docs):
 
 
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
-def test_python_services_use_grpc_probes_on_their_documented_port(docs, name):
+def test_python_services_use_health_probes_on_their_documented_port(docs, name):
+    """gRPC health for the gRPC services; GET /healthz for the HTTP one (the OpenAI API)."""
     module, section, _, port, metrics_port = PYTHON_SERVICES[name]
     c = container(workloads(docs)[name])
     assert c["args"] == [module] and c["image"].startswith("llmsuite/python:")
     env = env_of(c)
     assert env[f"LLMSUITE_{section.upper()}_PORT"] == str(port)
     assert env[f"LLMSUITE_{section.upper()}_METRICS_PORT"] == str(metrics_port)
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": port, "metrics": metrics_port}
+    kind = "http" if name in HTTP_SERVICES else "grpc"
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {kind: port, "metrics": metrics_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == port, probe
+        if name in HTTP_SERVICES:
+            assert c[probe]["httpGet"] == {"path": HTTP_HEALTH_PATH, "port": "http"}, probe
+        else:
+            assert c[probe]["grpc"]["port"] == port, probe
 
 
 def test_each_deployment_has_an_autoscaler_and_a_disruption_budget(docs):
@@ -165,7 +177,8 @@ def test_envoy_discovers_headless_services(docs):
         cm for name, cm in of_kind(docs, "ConfigMap").items() if name.startswith("envoy-config-")))["data"]["envoy.yaml"])
     services = of_kind(docs, "Service")
     upstreams = [c for c in config["static_resources"]["clusters"] if c["name"] != "envoy_admin"]
-    assert {c["name"] for c in upstreams} == {"router", "guardrails", "retrieval", "generation", "authz", "ratelimit"}
+    assert {c["name"] for c in upstreams} == {"router", "guardrails", "retrieval", "generation", "authz", "ratelimit",
+                                              "openai"}
     for cluster in upstreams:
         assert cluster["type"] == "STRICT_DNS" and cluster["lb_policy"] == "LEAST_REQUEST"
         (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -276,21 +289,22 @@ def ingress_allowed(policies: list[dict], target: dict, port: int, source: dict)
     return False
 
 
-# gRPC (and state) ports -> the workloads that may reach them; nobody else may.
+# Serving (and state) ports -> the workloads that may reach them; nobody else may.
 MAY_REACH = {
-    ("router", 50051): {"envoy"},
+    ("router", 50051): {"envoy", "worker", "openai"},  # jobs and the OpenAI API answer through the router
     ("authz", 50061): {"envoy"},
     ("ratelimit", 50062): {"envoy"},
+    ("openai", 8090): {"envoy"},
     ("guardrails", 50052): {"envoy", "router"},
-    ("retrieval", 50053): {"envoy", "router"},
+    ("retrieval", 50053): {"envoy", "router", "openai"},
     ("generation", 50054): {"envoy", "router"},
     ("triton", TRITON_PORTS["grpc"]): {"generation"},
-    ("redis", 6379): {"authz", "ratelimit", "router"},
+    ("redis", 6379): {"authz", "ratelimit", "router", "worker"},
     ("qdrant", 6333): {"retrieval"},
 }
 
 
-def test_only_envoy_reaches_the_services_grpc_ports(docs):
+def test_only_envoy_and_named_callers_reach_the_services_grpc_ports(docs):
     """The Kubernetes half of service-to-service trust: NetworkPolicies, evaluated for
     every workload's pods and for a pod of anything else started in the namespace."""
     policies = list(of_kind(docs, "NetworkPolicy").values())

@@ -4,9 +4,23 @@ import threading
 import grpc
 import pytest
 
+from gateway.ratelimit.config import DEFAULT_LIMITS
 from services.stack.stack import Ports, Stack
 from services.stack.supervisor import Supervisor
 from tests.stack_fixtures import CPU_MODEL_REPOSITORY
+
+# A key id with a tiny request limit, for the tests of rate-limit answers; every
+# other key keeps the default limits.
+LIMITED_KEY_ID = "limited"
+LIMITED_PER_MINUTE = 3
+# A tenant that may send its own system messages (the default tenant may not).
+SYSTEM_PROMPT_TENANT = "lab"
+E2E_CONFIG = {
+    "ratelimit": {"limits": [
+        {**limit.model_dump(), "overrides": {LIMITED_KEY_ID: LIMITED_PER_MINUTE}} if limit.descriptor == "key"
+        else limit.model_dump() for limit in DEFAULT_LIMITS]},
+    "router": {"tenants": {"default": {}, SYSTEM_PROMPT_TENANT: {"allow_client_system_prompt": True}}},
+}
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +28,8 @@ def supervised(tmp_path_factory):
     """The whole suite as `make run` starts and supervises it (secured edge included),
     on free ports, with the stand-ins; yields the stack and the supervisor's reports."""
     suite = Stack(ports=Ports.free(), var_dir=tmp_path_factory.mktemp("stack"),
-                  model_repository=CPU_MODEL_REPOSITORY, overrides={"router": {"canary_key": "e2e-canary-key"}})
+                  model_repository=CPU_MODEL_REPOSITORY, overrides={"router": {"canary_key": "e2e-canary-key"}},
+                  config=E2E_CONFIG)
     suite.start()
     reports: list[str] = []
     stop = threading.Event()

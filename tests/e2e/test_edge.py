@@ -10,13 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 from llmsuite.inference.v1 import inference_pb2, inference_pb2_grpc
 
-from services.router.config import RouterSettings
-from services.router.prompt import SecretSource, build
-from tests.generation.support import scrape
-from services.router.validation import Turn
+from tests.e2e.support import direct_generation, triton_metrics
 from tests.harness import (
     ServiceProcess,
     assert_grpc_error,
@@ -33,23 +29,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def inference(edge_channel):
     return inference_pb2_grpc.InferenceServiceStub(edge_channel)
-
-
-def direct_generation(stack, prompt: str, request_id: str, model: str,
-                      max_tokens: int) -> generation_pb2.GenerateResponse:
-    """What the generation service answers for the prompt the router builds.
-
-    The router's prompt has the default tenant's template and a per-request canary
-    derived from its key (set by the e2e stack) and the request id, so the test
-    can rebuild it exactly.
-    """
-    settings = RouterSettings(canary_key=stack.overrides["router"]["canary_key"])
-    template = settings.templates[settings.tenants["default"].template]
-    routed = build(template, (Turn("user", prompt),), SecretSource(settings.canary_key).for_request(request_id))
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.generation}") as channel:
-        stub = generation_pb2_grpc.GenerationServiceStub(channel)
-        return stub.Generate(generation_pb2.GenerateRequest(
-            model=model, prompt=routed, sampling=generation_pb2.SamplingParams(max_tokens=max_tokens)), timeout=30)
 
 
 def test_unary_generate_returns_the_stand_in_answer_and_token_counts(stack, inference):
@@ -157,14 +136,10 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack, tmp_path):
         process.stop()
 
 
-def _triton_metrics(stack) -> dict:
-    return scrape(f"http://127.0.0.1:{stack.ports.triton_metrics}/metrics")
-
-
 def test_cancelling_a_stream_at_the_edge_cancels_the_triton_request(stack, inference):
     active = ("llmsuite_standin_active_requests", (("model", "full"), ("version", "1")))
     cancelled = ("llmsuite_standin_requests_total", (("model", "full"), ("outcome", "cancelled"), ("version", "1")))
-    before = _triton_metrics(stack).get(cancelled, 0)
+    before = triton_metrics(stack).get(cancelled, 0)
     # The full stand-in answers 32-384 tokens at 4 ms each; a prompt is retried
     # only if its answer happened to finish before the cancellation arrived.
     for attempt in range(5):
@@ -174,7 +149,7 @@ def test_cancelling_a_stream_at_the_edge_cancels_the_triton_request(stack, infer
             sampling=inference_pb2.SamplingParams(max_tokens=2000)), timeout=60)
         assert next(call).text_delta
         call.cancel()
-        after = poll(lambda: (lambda m: m if m.get(active, 0) == 0 else None)(_triton_metrics(stack)),
+        after = poll(lambda: (lambda m: m if m.get(active, 0) == 0 else None)(triton_metrics(stack)),
                      "Triton's active request count back to 0", timeout=15)
         if after.get(cancelled, 0) > before:
             break

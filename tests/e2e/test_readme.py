@@ -83,6 +83,33 @@ def test_readme_grpcurl_example_runs_verbatim(stack, shell_env, command):
         assert json.loads(output) is not None
 
 
+def operations_script(stack) -> str:
+    """The README's operator's-guide block, as a shell script for this stack."""
+    script = _block("operations-examples").split("```sh\n", 1)[1].rsplit("```", 1)[0]
+    return (script.replace("127.0.0.1:8080", f"127.0.0.1:{stack.ports.envoy}")
+            .replace("var/gateway/", f"{stack.var_dir}/gateway/"))
+
+
+@pytest.mark.integration
+def test_readme_operations_guide_runs_verbatim(stack, shell_env):
+    result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", operations_script(stack)], cwd=REPO,
+                            capture_output=True, text=True, timeout=240, env=shell_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    replies = [json.loads(chunk) for chunk in re.split(r"(?<=\})\n(?=\{)", result.stdout.strip())]
+    resubmitted, job, answer, session, listed, deleted, rated, today, month = replies
+    assert resubmitted["state"] in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING", "JOB_STATE_COMPLETED")
+    assert "created" not in resubmitted, "the same idempotency key returns the job made before"
+    assert job["job"]["job_id"] == resubmitted["job_id"] and job["job"]["state"] == "JOB_STATE_COMPLETED"
+    assert [r["index"] if "index" in r else 0 for r in job["job"]["results"]] == [0, 1]
+    assert all(r["response"]["text"] for r in job["job"]["results"])
+    assert [m["content"] for m in session["session"]["turns"]] == ["Plan a day in Lisbon", answer["text"]]
+    assert "guide-trip" in [s["session_id"] for s in listed["sessions"]]
+    assert deleted["cached_answers_deleted"] == 1
+    assert rated == {"rating": 1}
+    assert int(today["requests"]) >= 4 and today["tenant"] == "default" and today["window"] == "USAGE_WINDOW_DAY"
+    assert int(month["requests"]) >= int(today["requests"]) and float(month["cost_usd"]) > 0
+
+
 def test_readme_configuration_reference_matches_the_code():
     assert _block("config-reference").strip() == reference().strip(), \
         "regenerate the README block with: python -m tools.configdoc --readme"

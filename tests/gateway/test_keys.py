@@ -114,11 +114,21 @@ def test_bad_keys_files_name_the_problem(text, fragment):
     ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", ""),
     (INFER, "inference"),
     ("/llmsuite.inference.v1.InferenceService/GenerateStream?x=1", "inference"),
+    ("/llmsuite.inference.v1.InferenceService/GetUsage", "inference"),
+    ("/llmsuite.inference.v1.InferenceService/SubmitBatch", "inference"),
+    ("/llmsuite.inference.v1.InferenceService/DeleteSession", "inference"),
+    ("/llmsuite.inference.v1.InferenceService/Feedback", "inference"),
     ("/llmsuite.retrieval.v1.RetrievalService/Search", "retrieval:read"),
     ("/llmsuite.retrieval.v1.RetrievalService/Upsert", "retrieval:write"),
     ("/llmsuite.generation.v1.GenerationService/Generate", "admin"),
     ("/llmsuite.admin.v1.AdminService/SetWeights", "admin"),
     ("/some.new.Service/Call", "admin"),
+    ("/v1/chat/completions", "inference"),
+    ("/v1/models", "inference"),
+    ("/v1/models/llmsuite/light?x=1", "inference"),
+    ("/v1/embeddings", "retrieval:read"),
+    ("/v1/completions", "admin"),
+    ("/v1/./embeddings", "admin"),
 ])
 def test_default_scope_rules(path, scope):
     assert required_scope(path, DEFAULT_RULES) == scope

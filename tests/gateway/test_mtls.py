@@ -1,12 +1,16 @@
 """Service-to-service trust with mutual TLS, as compose runs it: a service with a
 certificate refuses plaintext callers, callers without a certificate, callers whose
 certificate another CA signed, and suite certificates it does not list; Envoy, with
-its certificate, gets through. Real processes: the echo InferenceService on the
-suite's server runtime, Envoy, certificates from `python -m gateway.certs`."""
+its certificate, gets through. The same for the OpenAI API's HTTP port, which calls
+the router with its own certificate. Real processes: the echo InferenceService on the
+suite's server runtime, the OpenAI API, Envoy, certificates from `python -m gateway.certs`."""
 
 import json
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -34,15 +38,17 @@ def credentials(folder: Path, with_certificate: bool = True) -> grpc.ChannelCred
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mtls")
-    for out, names in ((tmp / "certs", "envoy,router,retrieval"), (tmp / "elsewhere", "envoy")):
+    for out, names in ((tmp / "certs", "envoy,router,retrieval,openai"), (tmp / "elsewhere", "envoy")):
         made = subprocess.run([sys.executable, "-m", "gateway.certs", "--out", str(out), "--names", names],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0, made.stderr
     certs = tmp / "certs"
     own = certs / SERVICE
     config = tmp / "upstream.yaml"
-    # Envoy, and the service itself for its own health check.
-    config.write_text(yaml.safe_dump({"upstream": {"tls_allowed_clients": ["envoy", SERVICE]}}))
+    # Envoy, the OpenAI API, and the service itself for its own health check; the
+    # OpenAI API takes Envoy and itself.
+    config.write_text(yaml.safe_dump({"upstream": {"tls_allowed_clients": ["envoy", "openai", SERVICE]},
+                                      "openai": {"tls_allowed_clients": ["envoy", "openai"]}}))
     port = free_port()
     env = {**service_env("upstream", {"port": port, "metrics_port": free_port(), "replica": "mtls"}),
            "LLMSUITE_CONFIG": str(config), "LLMSUITE_TLS_CERT_FILE": str(own / "cert.pem"),
@@ -51,18 +57,45 @@ def suite(tmp_path_factory):
     started = [upstream.start()]
     try:
         upstream.wait_grpc_healthy(port, timeout=60, credentials=credentials(own))
+        openai_port = free_port()
+        openai_certs = certs / "openai"
+        openai = ServiceProcess("openai-mtls", [sys.executable, "-m", "services.openai"], tmp, env={
+            **service_env("openai", {"port": openai_port, "metrics_port": free_port(),
+                                     "router_url": f"127.0.0.1:{port}"}),
+            "LLMSUITE_CONFIG": str(config), "LLMSUITE_TLS_CERT_FILE": str(openai_certs / "cert.pem"),
+            "LLMSUITE_TLS_KEY_FILE": str(openai_certs / "key.pem"), "LLMSUITE_TLS_CA_FILE": str(openai_certs / "ca.pem")})
+        started.append(openai.start())
+        openai.wait_until(lambda: https_status(openai_port, openai_certs / "ca.pem", openai_certs) == 200,
+                          "/healthz 200 over mutual TLS", 60)
         envoy_certs = certs / "envoy"
         params = EnvoyParams(
             listen_host="127.0.0.1", listen_port=free_port(), admin_port=free_port(), health_interval="0.5s",
-            upstreams={**placeholder_upstreams(), "router": [f"127.0.0.1:{port}"]},
+            upstreams={**placeholder_upstreams(), "router": [f"127.0.0.1:{port}"],
+                       "openai": [f"127.0.0.1:{openai_port}"]},
             upstream_tls=UpstreamTls(cert_file=str(envoy_certs / "cert.pem"), key_file=str(envoy_certs / "key.pem"),
                                      ca_file=str(envoy_certs / "ca.pem")))
         started.append(start_envoy(params, tmp))
         yield {"edge": f"127.0.0.1:{params.listen_port}", "port": port, "certs": certs,
-               "elsewhere": tmp / "elsewhere"}
+               "elsewhere": tmp / "elsewhere", "openai_port": openai_port}
     finally:
         for process in reversed(started):
             process.stop()
+
+
+def https_status(port: int, ca: Path, certificate: Path | None, path: str = "/healthz") -> int | None:
+    """The HTTP status of GET `path` over TLS, checking the server against `ca` and
+    presenting the certificate in the folder `certificate` (None: none); None when the
+    handshake or the connection fails."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if certificate is not None:
+        context.load_cert_chain(str(certificate / "cert.pem"), str(certificate / "key.pem"))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=5, context=context) as reply:
+            return reply.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (urllib.error.URLError, OSError):
+        return None
 
 
 def generate(channel: grpc.Channel) -> dict:
@@ -113,3 +146,23 @@ async def test_the_services_own_clients_present_their_certificate(suite):
         assert json.loads(reply.text)["prompt"] == "from a service"
     finally:
         channels.use_tls(None)
+
+
+def test_the_openai_api_behind_envoy_reaches_the_router_over_mutual_tls(suite):
+    request = urllib.request.Request(
+        f"http://{suite['edge']}/v1/chat/completions", method="POST", headers={"content-type": "application/json"},
+        data=json.dumps({"model": "llmsuite/auto", "messages": [{"role": "user", "content": "via envoy"}]}).encode())
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        answer = json.loads(json.loads(reply.read())["choices"][0]["message"]["content"])
+    assert answer["prompt"] == "via envoy" and answer["replica"] == "mtls"
+
+
+def test_the_openai_api_refuses_callers_without_a_listed_certificate(suite):
+    port, certs = suite["openai_port"], suite["certs"]
+    ca = certs / "openai" / "ca.pem"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert https_status(port, ca, None) is None, "a TLS call without a certificate got through"
+    assert https_status(port, ca, suite["elsewhere"] / "envoy") is None, "another CA's certificate got through"
+    assert https_status(port, ca, certs / "retrieval", "/v1/models") == 403
+    assert https_status(port, ca, certs / "envoy", "/v1/models") == 200

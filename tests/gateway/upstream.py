@@ -46,34 +46,39 @@ def requested_failure(prompt: str) -> tuple[int, ServiceError] | None:
     return None
 
 
+def prompt_of(request) -> str:
+    """The prompt, or the last message of a conversation (as the OpenAI API sends it)."""
+    return request.prompt or (request.messages[-1].content if request.messages else "")
+
+
 class EchoInference(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, replica: str):
         self._replica = replica
 
     def _answer(self, request) -> inference_pb2.GenerateResponse:
         seen = {"replica": self._replica, "tenant": ctx.tenant_var.get(), "key_id": ctx.key_id_var.get(),
-                "scopes": ctx.scopes_var.get(), "prompt": request.prompt}
-        words = len(request.prompt.split())
+                "scopes": ctx.scopes_var.get(), "prompt": prompt_of(request)}
+        words = len(prompt_of(request).split())
         return inference_pb2.GenerateResponse(
             text=json.dumps(seen), model=self._replica, request_id=ctx.request_id_var.get(),
             finish_reason=inference_pb2.FINISH_REASON_STOP,
             usage=inference_pb2.Usage(input_tokens=words, output_tokens=words, total_tokens=2 * words))
 
     async def Generate(self, request, context):
-        failure = requested_failure(request.prompt)
+        failure = requested_failure(prompt_of(request))
         if failure:
             raise failure[1]
         return self._answer(request)
 
     async def GenerateStream(self, request, context):
-        failure = requested_failure(request.prompt)
+        failure = requested_failure(prompt_of(request))
         if failure:
             for index in range(failure[0]):
                 yield inference_pb2.GenerateStreamResponse(text_delta=f"part {index} ")
             raise failure[1]
         # One delta per word, paced so that streams are in flight long enough
         # for the tests to kill a replica under them.
-        for word in request.prompt.split():
+        for word in prompt_of(request).split():
             yield inference_pb2.GenerateStreamResponse(text_delta=word + " ")
             await asyncio.sleep(0.01)
         yield inference_pb2.GenerateStreamResponse(final=self._answer(request))

@@ -45,6 +45,14 @@ def test_bad_words_never_appear():
     assert "the" not in [word.lower() for word in tokenize(banned)]
 
 
+def test_answers_echo_the_conversation_not_the_system_turn():
+    prompt = ("<|system|>\nBe brief. Confidential marker: canary-5f0c1d2e3a4b\n<|user|>\nWhy do tulips close?\n"
+              "<|assistant|>\n")
+    words = {word.lower() for word in tokenize(complete("light", prompt, 200, length_range=(200, 200)).text)}
+    assert {"tulips", "close"} <= words
+    assert not words & {"brief", "confidential", "marker", "canary", "5f0c1d2e3a4b"}
+
+
 def test_stop_string_spread_over_tokens_is_never_sent():
     scanner = StopScanner(["world peace"])
     sent = [scanner.push(piece) for piece in ["Hello", " world", " peace", " now"]]

@@ -12,6 +12,9 @@ POLICIES = {
     "strict": {"entities": {"EMAIL_ADDRESS": "block", "CREDIT_CARD": "mask", "PHONE_NUMBER": "hash"},
                "blocklist": ["project falcon"]},
     "lenient": {"injection_action": "allow", "default_action": "allow"},
+    # Patterns only, so that the role-play family's weight (0.55) is the whole score.
+    "rules": {"learned_signal": False},
+    "rules_strict": {"learned_signal": False, "injection_block_threshold": 0.5},
 }
 
 
@@ -70,8 +73,28 @@ async def test_injection_blocks_or_is_only_reported(guard):
     assert outcome.findings[-1].entity == "PROMPT_INJECTION" and outcome.findings[-1].action is Action.BLOCK
 
     reported = await guard.check_input(attack, guard.resolve_policy("acme", "lenient"), "acme")
-    assert reported.verdict is Verdict.ALLOW and reported.text == attack
-    assert reported.findings[-1].action is Action.ALLOW
+    assert reported.verdict is Verdict.FLAG and reported.text == attack
+    assert reported.findings[-1].action is Action.FLAG
+
+
+async def test_a_score_in_the_flag_band_goes_through_and_is_reported(guard):
+    settings = guard.settings
+    text = "Pretend you are a pirate and tell me a joke."
+    flagged = await guard.check_input(text, settings.policies["rules"], "globex")
+    assert 0.5 <= flagged.injection_score < 0.8
+    assert flagged.verdict is Verdict.FLAG and flagged.text == text and flagged.stage == "rules"
+    assert [(f.entity, f.action) for f in flagged.findings] == [("PROMPT_INJECTION", Action.FLAG)]
+    assert flagged.reasons[0].startswith("prompt injection score 0.55 >= flag threshold 0.50")
+
+    # Redactions still apply; the flag stays in the findings.
+    redacted = await guard.check_input(text + " Mail it to ann@example.com", settings.policies["rules"], "globex")
+    assert redacted.verdict is Verdict.REDACT and "<EMAIL_ADDRESS_1>" in redacted.text
+    assert ("PROMPT_INJECTION", Action.FLAG) in [(f.entity, f.action) for f in redacted.findings]
+
+    # A tenant whose block threshold is the flag threshold blocks the same prompt.
+    blocked = await guard.check_input(text, settings.policies["rules_strict"], "globex")
+    assert blocked.verdict is Verdict.BLOCK and blocked.text == ""
+    assert (await guard.check_input("Tell me a joke.", settings.policies["rules"], "globex")).verdict is Verdict.ALLOW
 
 
 def test_output_canaries_block_and_restoring_follows_redaction(guard):
@@ -88,7 +111,7 @@ def test_output_canaries_block_and_restoring_follows_redaction(guard):
 class BrokenScanner:
     entities = ()
 
-    def scan(self, text, min_score=0.0):
+    def scan(self, text, min_score=0.0, budget=None):
         raise RuntimeError("analyzer exploded on " + text)
 
 

@@ -3,13 +3,12 @@
 import base64
 import shutil
 
-import numpy as np
 import pytest
 
 from services.common.config import ConfigError, load
 from services.common.paths import REPO
 from services.guardrails.classifier import (
-    DEFAULT_ADAPTER_PATH, DEFAULT_PATH, FAST_PATH, ClassifierError, InjectionClassifier,
+    DEFAULT_ADAPTER_PATH, DEFAULT_PATH, ClassifierError, InjectionClassifier,
 )
 from services.guardrails.config import Action, GuardrailsSettings, Policy
 
@@ -25,7 +24,8 @@ def test_policies_and_tenants_load_from_yaml(tmp_path):
 guardrails:
   policies:
     default: {}
-    strict: {entities: {CREDIT_CARD: block}, injection_threshold: 0.3, blocklist: [falcon]}
+    strict: {entities: {CREDIT_CARD: block}, injection_flag_threshold: 0.3, injection_block_threshold: 0.3,
+             blocklist: [falcon]}
   tenants:
     acme: {policy: strict}
 """)
@@ -33,6 +33,9 @@ guardrails:
     assert loaded.policies["strict"].action("EMAIL_ADDRESS") is Action.REDACT
     assert loaded.policies["default"].action("URL") is Action.ALLOW
     assert loaded.tenants["acme"].policy == "strict"
+    assert loaded.policies["strict"].injection_block_threshold == 0.3
+    assert (loaded.policies["default"].injection_flag_threshold, loaded.policies["default"].injection_block_threshold) \
+        == (0.5, 0.8)
 
 
 @pytest.mark.parametrize("yaml_text, message", [
@@ -41,6 +44,10 @@ guardrails:
     ("guardrails: {policies: {default: {entities: {SOCKS: redact}}}}", "unknown entities ['SOCKS']"),
     ("guardrails: {policies: {default: {entities: {EMAIL_ADDRESS: shred}}}}", "entities.EMAIL_ADDRESS"),
     ("guardrails: {policies: {default: {injection_action: mask}}}", "injection_action must be allow or block"),
+    ("guardrails: {policies: {default: {injection_threshold: 0.5}}}", "split into injection_flag_threshold"),
+    ("guardrails: {policies: {default: {injection_flag_threshold: 0.9}}}", "must not exceed injection_block"),
+    ("guardrails: {policies: {default: {entities: {EMAIL_ADDRESS: flag}}}}", "for prompt injection only"),
+    ("guardrails: {policies: {default: {default_action: flag}}}", "for prompt injection only"),
     ("guardrails: {restore_key: c2hvcnQ=}", "exactly 32 bytes"),
     ("guardrails: {hash_key: '%%%'}", "not valid base64"),
 ])
@@ -58,7 +65,11 @@ def test_a_valid_restore_key_is_accepted():
 
 def test_shipped_classifier_fits_the_code_and_stays_small():
     classifier = InjectionClassifier.load()
-    assert classifier.metadata["trained_on"] == "injection_train.jsonl"
+    # Trained on tunable data only: never a report-only set.
+    sources = set(classifier.metadata["sources"])
+    assert sources == {"injection_train.jsonl", "wildguard_benign_train.jsonl", "piguard_valid.jsonl",
+                       "benign_tasks.jsonl", "benign_trigger_words.jsonl", "attack_styles.jsonl"}
+    assert 0 < classifier.flag_point < classifier.block_point < 1
     # The semantic model reads the vectors of the encoder fine-tuned with it.
     assert classifier.adapter == DEFAULT_ADAPTER_PATH
     assert DEFAULT_PATH.stat().st_size + DEFAULT_ADAPTER_PATH.stat().st_size < 3_000_000
@@ -92,22 +103,11 @@ def test_an_uninstalled_spacy_model_fails_instead_of_downloading(tmp_path):
         build_analyzer("en_core_web_nonexistent", str(tmp_path / "blank"))
 
 
-def test_the_fast_classifier_is_trained_on_the_first_encoder_block_only():
-    classifier = InjectionClassifier.load(FAST_PATH)
-    assert classifier.adapter == FAST_PATH.with_name("injection_adapter_fast.npz")
-    assert classifier.metadata["fine_tuning"]["layers"] == 1
-    with np.load(classifier.adapter) as arrays:
-        assert int(arrays["layers"]) == 1
-        updated = [name for name in arrays.files if name.endswith(".A")]
-    assert updated and all(name.startswith("encoder.layer.0.") for name in updated)
-
-
 def test_a_relative_classifier_path_is_taken_from_the_repository_root(tmp_path, monkeypatch):
     from services.guardrails.app import load_classifier
 
     monkeypatch.chdir(tmp_path)
-    relative = str(FAST_PATH.relative_to(REPO))
-    assert load_classifier(GuardrailsSettings(classifier_path=relative)).adapter == FAST_PATH.with_name(
-        "injection_adapter_fast.npz")
+    relative = str(DEFAULT_PATH.relative_to(REPO))
+    assert load_classifier(GuardrailsSettings(classifier_path=relative)).adapter == DEFAULT_ADAPTER_PATH
     with pytest.raises(ConfigError, match="classifier_path: .*not found"):
         load_classifier(GuardrailsSettings(classifier_path="nowhere/classifier.json"))

@@ -86,6 +86,13 @@ def test_top_k_and_score_threshold(stub, kb):
     assert [h.document_id for h in kept] == [all_hits[0].document_id]
 
 
+def test_embed_counts_the_tokens_the_model_read(stub):
+    """[CLS] memory safety [SEP] is four tokens; a text past the model's window counts as the window."""
+    assert stub.Embed(pb.EmbedRequest(texts=["memory safety"]), metadata=ACME).input_tokens == 4
+    both = stub.Embed(pb.EmbedRequest(texts=["memory safety", "memory " * 400]), metadata=ACME)
+    assert both.input_tokens == 4 + 256
+
+
 def test_embed_returns_normalised_vectors_usable_as_query_vector(stub, kb):
     response = stub.Embed(pb.EmbedRequest(texts=["which animal purrs?", "memory safety"]), metadata=ACME)
     assert response.dimension == 384 and response.model.endswith("all-MiniLM-L6-v2")

@@ -6,18 +6,34 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.router.config import PromptTemplate
+from services.router.validation import Turn
 from tests.harness import ServiceProcess, free_port, service_env
 from tests.harness import start_redis
-from tests.router.support import GARDEN, start_router
+from tests.router.support import GARDEN, long_answer_request_id, model_prompt, prompt_tokens, start_router
 from tests.stack_fixtures import start_generation
 
-# Tenants of the shared test routers.
+# The budget-stop test (test_operations_live.py): one light-model request whose day's
+# spend budget has room for its prompt and STOP_TOKENS answer tokens (default prices:
+# 150 and 600 nano-dollars a token), on a request id whose natural answer is longer.
+STOP_QUESTION = "Which roses climb a trellis best?"
+STOP_TOKENS = 10
+STOP_REQUEST_ID = long_answer_request_id(PromptTemplate(), STOP_QUESTION, "light", 3 * STOP_TOKENS)
+STOP_PROMPT_TOKENS = prompt_tokens(model_prompt(PromptTemplate(), [Turn("user", STOP_QUESTION)], STOP_REQUEST_ID))
+STOP_BUDGET_USD = (STOP_PROMPT_TOKENS * 150 + STOP_TOKENS * 600) / 1e9
+# Tokens per minute both Redis replicas share for the tenant `shared`.
+SHARED_TOKENS_PER_MINUTE = 1500
+
+# Tenants of the shared test routers; the budgeted ones each belong to one test.
 TENANTS = {
     "default": {},
     "acme": {"template": "garden"},
     "globex": {"template": "garden"},
     "sampler": {"cache_sampled": True},
     "nocache": {"cache": False},
+    "capped": {"budget": {"tokens_per_minute": 1}},
+    "daycap": {"budget": {"usd_per_day": STOP_BUDGET_USD}},
+    "shared": {"budget": {"tokens_per_minute": SHARED_TOKENS_PER_MINUTE}},
 }
 TEMPLATES = {"default": {}, "garden": GARDEN.model_dump()}
 

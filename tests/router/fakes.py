@@ -26,7 +26,9 @@ from services.common.resilience import Deadline
 from services.router.auditing import Auditing
 from services.router.cache import ResponseCache
 from services.router.config import RouterSettings
+from services.router.counters import MemoryCounters
 from services.router.events import Completion, Delta, Final
+from services.router.feedback import RequestLog
 from services.router.generation_client import ModelUnavailable
 from services.router.guardrails_client import fail_closed
 from services.router.pipeline import Pipeline
@@ -202,12 +204,15 @@ def operations(settings: RouterSettings, generation: FakeGeneration, audit_log: 
 
 
 def build_pipeline(settings: RouterSettings, generation: FakeGeneration, guardrails: FakeGuardrails | None = None,
-                   retrieval: FakeRetrieval | None = None, ops: Operations | None = None) -> Pipeline:
+                   retrieval: FakeRetrieval | None = None, ops: Operations | None = None,
+                   counters: MemoryCounters | None = None, requests: RequestLog | None = None) -> Pipeline:
     cache = ResponseCache(MemoryStore(100), MemoryStore(10), settings.semantic_max_entries)
     sessions = SessionStore(MemoryStore(100), settings.session_max_turns, settings.session_ttl_s)
     ops = ops or operations(settings, generation)
     return Pipeline(settings, generation, guardrails, retrieval, cache, sessions, SecretSource("unit-test-key"),
-                    rollouts=ops.rollouts, templates=ops.templates, auditing=ops.auditing)
+                    rollouts=ops.rollouts, templates=ops.templates, auditing=ops.auditing,
+                    counters=counters or MemoryCounters(),
+                    requests=requests or RequestLog(MemoryStore(100), settings.feedback_window_s))
 
 
 async def ask(pipeline: Pipeline, prompt: str, *, tenant: str = "default", streaming: bool = False,

@@ -98,19 +98,25 @@ def test_output_guardrails_stop_the_stream_before_blocked_text(guarded):
     assert again.cache_status == pb.CACHE_STATUS_MISS, "a filtered answer is never cached"
 
 
-async def test_canary_split_across_chunks_is_caught_and_never_released(side_services):
+CANARY = "canary-0123456789abcdef0123"
+
+
+@pytest.mark.parametrize("leak", [
+    [CANARY[:9], CANARY[9:20], CANARY[20:]],
+    ["0123 4567 89", "AB CDEF 0123"],  # its secret part alone, reformatted: a leaking model does that too
+], ids=["whole token", "secret part alone"])
+async def test_canary_split_across_chunks_is_caught_and_never_released(side_services, leak):
     client = GuardrailsClient(RouterSettings(guardrails_url=f"127.0.0.1:{side_services['guardrails']}"))
-    canary = "canary-0123456789abcdef0123"
 
     async def leaking_model():
-        for piece in ["Sure. My instructions say: ", "Confidential marker ", canary[:9], canary[9:20], canary[20:],
+        for piece in ["Sure. My instructions say: ", "Confidential marker ", *leak,
                       " and more text that should never be shown."]:
             yield Delta(piece)
         yield Completion("", 1, 10, 6, "light", "1")
 
     released, outcome = [], None
     try:
-        async for event in OutputCheck(client).run(leaking_model(), policy="", canaries=[canary], restore_token=b"",
+        async for event in OutputCheck(client).run(leaking_model(), policy="", canaries=[CANARY], restore_token=b"",
                                                    deadline=Deadline(10), fail_open=False):
             if isinstance(event, Delta):
                 released.append(event.text)
@@ -121,7 +127,7 @@ async def test_canary_split_across_chunks_is_caught_and_never_released(side_serv
     text = "".join(released)
     assert outcome is not None and outcome.blocked
     assert "CANARY" in {f.entity for f in outcome.findings}
-    assert canary[:9] not in text and "never be shown" not in text
+    assert leak[0] not in text and "never be shown" not in text
 
 
 def test_guardrails_down_fails_closed_unless_the_tenant_fails_open(log_dir, generation_port):

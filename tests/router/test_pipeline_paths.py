@@ -78,23 +78,50 @@ async def test_an_injection_is_blocked_before_any_model_with_error_details():
     assert "blocked" in err.value.message and generation.prompts == []
 
 
-async def test_the_block_names_an_injection_as_guardrails_reported_it_not_by_a_threshold():
+async def test_the_block_names_what_guardrails_blocked_not_what_a_threshold_says():
     guardrails = FakeGuardrails()
     pipeline = build_pipeline(SETTINGS, FakeGeneration(), guardrails)
-    # Blocked for a secret; the injection finding (policy action allow) has a score
-    # below 0.5, yet guardrails judged it an injection, so the error lists it.
+    # Blocked for a secret and for an injection guardrails blocked, whatever the score.
     guardrails.verdict = gpb.CheckInputResponse(verdict=gpb.VERDICT_BLOCK, injection_score=0.3, findings=[
         gpb.Finding(entity="AWS_ACCESS_KEY", score=1.0, action=gpb.ACTION_BLOCK),
-        gpb.Finding(entity="PROMPT_INJECTION", score=0.3, action=gpb.ACTION_ALLOW)])
+        gpb.Finding(entity="PROMPT_INJECTION", score=0.3, action=gpb.ACTION_BLOCK)])
     with pytest.raises(InvalidArgument) as err:
         await ask(pipeline, "My key is AKIA0000000000000000, use it.")
     assert err.value.metadata["findings"] == "AWS_ACCESS_KEY, PROMPT_INJECTION"
-    # A high score without the finding (guardrails did not judge it one) is not listed.
+    # A high score that guardrails only flagged did not block: it is not listed.
     guardrails.verdict = gpb.CheckInputResponse(verdict=gpb.VERDICT_BLOCK, injection_score=0.9, findings=[
-        gpb.Finding(entity="AWS_ACCESS_KEY", score=1.0, action=gpb.ACTION_BLOCK)])
+        gpb.Finding(entity="AWS_ACCESS_KEY", score=1.0, action=gpb.ACTION_BLOCK),
+        gpb.Finding(entity="PROMPT_INJECTION", score=0.9, action=gpb.ACTION_FLAG)])
     with pytest.raises(InvalidArgument) as err:
         await ask(pipeline, "My key is AKIA0000000000000000, use it.")
     assert err.value.metadata["findings"] == "AWS_ACCESS_KEY"
+
+
+FLAGGED = gpb.CheckInputResponse(
+    verdict=gpb.VERDICT_FLAG, injection_score=0.62, reasons=["prompt injection score 0.62 >= flag threshold 0.50"],
+    findings=[gpb.Finding(entity="PROMPT_INJECTION", start=0, end=40, score=0.62, action=gpb.ACTION_FLAG)])
+
+
+async def test_a_flagged_prompt_is_answered_with_the_finding_reported():
+    guardrails, generation = FakeGuardrails(), FakeGeneration()
+    guardrails.verdict = FLAGGED
+    pipeline = build_pipeline(SETTINGS, generation, guardrails)
+    _, reply = await ask(pipeline, "Pretend you are my tutor and quiz me.")
+    assert reply.text == LIGHT and generation.models_asked() == ["light"]
+    assert ("input", "PROMPT_INJECTION", "flag") in findings(reply)
+
+
+async def test_a_tenant_that_blocks_flags_refuses_a_flagged_prompt_before_any_model():
+    strict = RouterSettings(tenants={"default": TenantSettings(), "strict": TenantSettings(on_injection_flag="block")})
+    guardrails, generation = FakeGuardrails(), FakeGeneration()
+    guardrails.verdict = FLAGGED
+    pipeline = build_pipeline(strict, generation, guardrails)
+    with pytest.raises(InvalidArgument) as err:
+        await ask(pipeline, "Pretend you are my tutor and quiz me.", tenant="strict")
+    assert err.value.reason == "INPUT_BLOCKED" and err.value.metadata["findings"] == "PROMPT_INJECTION"
+    assert err.value.metadata["policy"] == "on_injection_flag=block" and generation.prompts == []
+    _, reply = await ask(pipeline, "Pretend you are my tutor and quiz me.")
+    assert reply.text == LIGHT, "the default tenant passes flagged prompts"
 
 
 async def test_redacted_input_reaches_the_model_redacted_and_its_answer_is_never_cached():

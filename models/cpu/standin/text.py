@@ -11,6 +11,10 @@ Generator: a random stream seeded from sha256 of the model name, the prompt and,
 when temperature > 0, the sampling parameters. Temperature 0 is greedy decoding,
 so the seed does not matter then, as on a real model. The answer's natural length
 (where a real model would emit end-of-sequence) is drawn from the model's range.
+Answers mix filler words with the words of the conversation, not of the system
+turn (`<|system|>` up to the next turn): that turn holds the router's confidential
+canary, and an answer repeating it is blocked by the output guardrails (which
+tests check with answers written for the purpose).
 """
 
 import hashlib
@@ -27,6 +31,18 @@ _FILLER = (
     "is", "are", "returns", "shows", "uses", "keeps", "for", "with", "of", "and", "to", "in",
     "deterministic", "text", "test", "example", "result", "stream", "value", "simple",
 )
+
+
+_SYSTEM_TAG = "<|system|>"
+_TURN_TAGS = ("<|user|>", "<|assistant|>")
+
+
+def _without_system_turn(prompt: str) -> str:
+    start = prompt.find(_SYSTEM_TAG)
+    if start < 0:
+        return prompt
+    ends = [end for end in (prompt.find(tag, start) for tag in _TURN_TAGS) if end >= 0]
+    return prompt[:start] + (prompt[min(ends):] if ends else "")
 
 
 def tokenize(text: str) -> list[str]:
@@ -69,7 +85,8 @@ def pieces(model: str, prompt: str, sampling: Sampling, length_range: tuple[int,
     length = rng.randint(*length_range)
     banned = {word.strip().lower() for word in bad_words if word.strip()}
     vocabulary = [word for word in dict.fromkeys(
-        [w.lower() for w in tokenize(prompt) if w[0].isalnum()] + list(_FILLER)) if word not in banned]
+        [w.lower() for w in tokenize(_without_system_turn(prompt)) if w[0].isalnum()] + list(_FILLER))
+        if word not in banned]
     if not vocabulary:
         vocabulary = ["placeholder"]
     sentence_left = rng.randint(6, 14)
