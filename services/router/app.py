@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +90,14 @@ class _Stores:
         await self.state.close()
 
 
-def _audit_log(settings: RouterSettings) -> AuditLog | None:
+def open_audit_log(settings: RouterSettings) -> AuditLog | None:
+    """The replica's audit log, taken and started; None without `audit_dir`."""
     if not settings.audit_dir:
         log.warning("audit_dir is empty: requests and admin actions are NOT audited (development only)")
         return None
-    audit_log = AuditLog(Path(settings.audit_dir), max_file_bytes=settings.audit_max_file_bytes,
+    # Replicas that share a volume (compose --scale) each need their own chain.
+    directory = Path(settings.audit_dir.replace("{hostname}", socket.gethostname()))
+    audit_log = AuditLog(directory, max_file_bytes=settings.audit_max_file_bytes,
                          queue_size=settings.audit_queue_size)
     try:
         audit_log.open()
@@ -119,7 +123,7 @@ def build_service(settings: RouterSettings) -> Service:
     cache = ResponseCache(stores.answers, stores.vectors, settings.semantic_max_entries)
     sessions = SessionStore(stores.sessions, settings.session_max_turns, settings.session_ttl_s)
     requests = RequestLog(stores.records, settings.feedback_window_s)
-    audit_log = _audit_log(settings)
+    audit_log = open_audit_log(settings)
     auditing = Auditing(audit_log, Fingerprints(settings.audit_hmac_key))
     rollouts = Rollouts(settings, stores.state, auditing, generation.models, on_variants=generation.add_models)
     prompt_templates = Templates(settings, stores.state)

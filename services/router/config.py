@@ -194,7 +194,8 @@ class RouterSettings(ServerSettings):
                     "stay under a second).")
 
     audit_dir: str = Field(
-        "", description="Directory of this replica's audit log (one per replica); empty: no audit log (logged).")
+        "", description="Directory of this replica's audit log (one per replica; `{hostname}` in it becomes the "
+                        "host name, so replicas sharing a volume each get their own); empty: no audit log (logged).")
     audit_hmac_key: str = Field(
         "", description="Secret of the prompt and answer HMACs in audit records; share it between replicas. "
                         "Empty draws a random one at start.")

@@ -64,7 +64,7 @@ class InputCheck:
             return CheckedInput(request.turns)
         last = len(request.turns) - 1
         turns = list(request.turns)
-        redacted = False
+        redacted = flagged_any = False
         restore_token = b""
         for index, turn in enumerate(request.turns):
             if not turn.content.strip():
@@ -82,11 +82,13 @@ class InputCheck:
                 raise blocked(request, index, verdict)
             if flagged(verdict):
                 self._flagged(request, index, verdict, tenant)
+                flagged_any = True
             if verdict.verdict == guardrails_pb2.VERDICT_REDACT:
                 redacted = True
                 turns[index] = Turn(turn.role, verdict.sanitized_text)
                 restore_token = verdict.restore_token or restore_token
-        report.verdicts["input"] = "redact" if redacted else "allow"
+        # The audit record's input verdict: a redaction changed what the model saw, so it wins over a flag.
+        report.verdicts["input"] = "redact" if redacted else "flag" if flagged_any else "allow"
         return CheckedInput(tuple(turns), redacted, restore_token)
 
     @staticmethod

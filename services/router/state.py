@@ -75,7 +75,7 @@ class Report:
     findings: list[inference_pb2.GuardrailFinding] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
     sources: list[inference_pb2.Source] = field(default_factory=list)
-    # Stage ("input", "output") -> the guardrails' verdict (allow, redact, block, unchecked).
+    # Stage ("input", "output") -> the guardrails' verdict (allow, flag, redact, block, unchecked).
     verdicts: dict[str, str] = field(default_factory=dict)
 
     def degrade(self, reason: str) -> None:

@@ -1,18 +1,28 @@
-"""Variants, template versions, admin calls and audit records through the real stages, in process."""
+"""Variants, template versions, admin calls and audit records through the real stages, in process; with
+budgets, usage and feedback, which read the same per-request UsageRecord."""
 
 import json
+import socket
 
 import pytest
 from llmsuite.admin.v1 import admin_pb2
+from llmsuite.guardrails.v1 import guardrails_pb2 as gpb
 from llmsuite.inference.v1 import inference_pb2 as pb
+from prometheus_client import REGISTRY
 
 from services.audit.chain import verify
 from services.audit.log import AuditLog, chain_files
+from services.common.config import ConfigError
 from services.common.context import key_id_var
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.router.admin import AdminServicer
-from services.router.config import RouterSettings, TenantSettings
+from services.router.app import open_audit_log
+from services.router.config import Budget, RouterSettings, TenantSettings
+from services.router.counters import MemoryCounters, Subject, subject_prefix
+from services.router.feedback import Feedback, RequestLog
 from services.router.metrics import VARIANT_REQUESTS
+from services.router.stores import MemoryStore
+from services.router.usage import Usage
 from tests.router.fakes import FakeGeneration, FakeGuardrails, ask, build_pipeline, operations
 
 SETTINGS = RouterSettings(
@@ -176,3 +186,97 @@ async def test_every_admin_call_is_audited_refusals_included(tmp_path):
     assert all(e["kind"] == "admin" and e["key_id"] == "ops-key" for e in entries)
     assert entries[0]["detail"] == {"weights": [["full@1", 90], ["full@2", 10]], "baseline": ""}
     assert "secret system prompt" not in json.dumps(entries)
+
+
+# --- one UsageRecord behind usage, feedback and the audit record ------------------------
+
+def _audit_log(directory) -> AuditLog:
+    audit_log = AuditLog(directory, max_file_bytes=1 << 20, queue_size=100)
+    audit_log.open()
+    return audit_log
+
+
+def _metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_usage_feedback_and_audit_record_the_same_variant_tokens_and_cost(tmp_path):
+    audit_log = _audit_log(tmp_path)
+    fake = FakeGeneration()
+    ops = operations(SETTINGS, fake, audit_log)
+    counters, requests = MemoryCounters(), RequestLog(MemoryStore(100), SETTINGS.feedback_window_s)
+    pipeline = build_pipeline(SETTINGS, fake, FakeGuardrails(), ops=ops, counters=counters, requests=requests)
+    feedback = Feedback(requests, MemoryStore(100))
+    user = user_on(ops, "full@2")
+    _, answered = await ask(pipeline, "Explain why roses need sun?", tier=pb.TIER_FULL, user=user)
+    _, hit = await ask(pipeline, "Explain why roses need sun?", tier=pb.TIER_FULL, user=user)
+    assert (answered.model_variant, hit.model_variant, hit.cache_status) == ("full@2", "full@2",
+                                                                             pb.CACHE_STATUS_HIT_EXACT)
+    audit_log.close()
+    generated, cached = records(tmp_path)
+    usage = await Usage(SETTINGS, counters).report(pb.GetUsageRequest(window=pb.USAGE_WINDOW_DAY))
+    assert (usage.requests, usage.tiers.full, usage.tiers.cache) == (2, 1, 1)
+    assert (generated["variant"], cached["variant"]) == ("full@2", "full@2")
+    assert (generated["input_tokens"], generated["output_tokens"]) == (usage.input_tokens, usage.output_tokens) \
+        == (answered.usage.input_tokens, answered.usage.output_tokens)
+    assert generated["cost_usd"] == pytest.approx(usage.cost_usd) == pytest.approx(answered.cost_usd)
+    assert (cached["cost_usd"], cached["cache"]) == (0, "hit_exact")
+
+    # Feedback on the cache hit (the request log keeps the last answer of the test's one request id)
+    # is counted for the variant that made the cached answer.
+    labels = {"tenant": "default", "variant": "full@2", "template": "default@1"}
+    before = _metric("llmsuite_router_feedback_total", **labels, rating="positive")
+    await feedback.submit(pb.FeedbackRequest(request_id=hit.request_id, stars=5))
+    assert _metric("llmsuite_router_feedback_total", **labels, rating="positive") == before + 1
+
+
+async def test_a_budget_stop_is_an_answer_of_its_variant_and_a_refusal_a_failed_record(tmp_path):
+    audit_log = _audit_log(tmp_path)
+    fake = FakeGeneration()
+    tight = RouterSettings(tenants={"default": TenantSettings(), "tight": TenantSettings(budget=Budget(
+        tokens_per_minute=10_000))}, rollouts=SETTINGS.rollouts)
+    ops = operations(tight, fake, audit_log)
+    counters = MemoryCounters()
+    pipeline = build_pipeline(tight, fake, FakeGuardrails(), ops=ops, counters=counters)
+    user = next(f"user-{n}" for n in range(1000) if ops.rollouts.assign("full", "tight", f"user-{n}") == "full@2")
+    # Leave room for about one prompt and a few tokens of its answer.
+    await counters.record([Subject(subject_prefix("tight"))], {"tokens": 10_000 - 24})
+    before = {outcome: VARIANT_REQUESTS.labels("full", "full@2", outcome)._value.get() for outcome in ("ok", "error")}
+    released, stopped = await ask(pipeline, "Explain why roses need sun?", tenant="tight", tier=pb.TIER_FULL,
+                                  user=user, streaming=True, cache_policy=pb.CACHE_POLICY_BYPASS)
+    assert stopped.finish_reason == pb.FINISH_REASON_BUDGET and stopped.model_variant == "full@2"
+    assert "".join(released) == stopped.text and len(stopped.text) < len(FULL)
+    assert {outcome: VARIANT_REQUESTS.labels("full", "full@2", outcome)._value.get()
+            for outcome in ("ok", "error")} == before, "a budget stop is neither the variant's success nor its error"
+    with pytest.raises(ResourceExhausted):
+        await ask(pipeline, "Explain why tulips need sun?", tenant="tight", tier=pb.TIER_FULL, user=user)
+    audit_log.close()
+    answered, refused_record = records(tmp_path)
+    assert (answered["outcome"], answered["finish_reason"], answered["variant"]) == ("OK", "budget", "full@2")
+    assert answered["output_tokens"] == stopped.usage.output_tokens
+    assert (refused_record["outcome"], refused_record["reason"]) == ("RESOURCE_EXHAUSTED", "BUDGET_EXCEEDED")
+    assert refused_record["variant"] == "full@2" and refused_record["tenant"] == "tight"
+
+
+async def test_a_flagged_prompt_is_audited_with_the_flag_verdict(tmp_path):
+    audit_log = _audit_log(tmp_path)
+    fake, guardrails = FakeGeneration(), FakeGuardrails()
+    guardrails.verdict = gpb.CheckInputResponse(
+        verdict=gpb.VERDICT_FLAG, injection_score=0.62,
+        findings=[gpb.Finding(entity="PROMPT_INJECTION", start=0, end=30, score=0.62, action=gpb.ACTION_FLAG)])
+    pipeline = build_pipeline(SETTINGS, fake, guardrails, ops=operations(SETTINGS, fake, audit_log))
+    await ask(pipeline, "Pretend you are my tutor and quiz me.")
+    audit_log.close()
+    [record] = records(tmp_path)
+    assert record["guardrails"]["input"] == {"verdict": "flag", "findings": ["PROMPT_INJECTION"]}
+
+
+def test_replicas_sharing_a_volume_each_get_their_own_audit_directory(tmp_path):
+    settings = RouterSettings(audit_dir=str(tmp_path / "{hostname}"))
+    audit_log = open_audit_log(settings)
+    try:
+        assert audit_log.directory == tmp_path / socket.gethostname()
+        with pytest.raises(ConfigError, match="another process writes the audit log"):
+            open_audit_log(settings)
+    finally:
+        audit_log.close()
