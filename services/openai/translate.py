@@ -66,9 +66,9 @@ def router_request(chat: ChatCompletionRequest, message_class=inference_pb2.Gene
         sampling.seed = chat.seed
     if chat.stop is not None:
         sampling.stop.extend([chat.stop] if isinstance(chat.stop, str) else chat.stop)
-    # Sticky canary assignment reads GenerateRequest.user; the field is being added
-    # to the proto alongside this API, and is set as soon as the stubs have it.
-    if chat.user and "user" in request.DESCRIPTOR.fields_by_name:
+    # The router keeps an end user on one model variant during a canary or A/B
+    # rollout (and audits only an HMAC of it); without it the key id decides.
+    if chat.user:
         request.user = chat.user
     return request
 
@@ -105,6 +105,8 @@ def extension(reply: inference_pb2.GenerateResponse) -> dict:
         "cache": _CACHE_NAMES.get(reply.cache_status, ""),
         "model": reply.model,
         "model_version": reply.model_version,
+        "model_variant": reply.model_variant,
+        "template_version": reply.template_version,
         "cost_usd": reply.cost_usd,
         "overhead_ms": round(reply.overhead_ms, 3),
         "degraded": reply.degraded,
@@ -123,6 +125,8 @@ def headers(reply: inference_pb2.GenerateResponse) -> dict[str, str]:
         "x-llmsuite-cache": _CACHE_NAMES.get(reply.cache_status, ""),
         "x-llmsuite-model": reply.model,
         "x-llmsuite-model-version": reply.model_version,
+        "x-llmsuite-model-variant": reply.model_variant,
+        "x-llmsuite-template-version": reply.template_version,
         "x-llmsuite-cost-usd": f"{reply.cost_usd:.8f}",
         "x-llmsuite-overhead-ms": f"{reply.overhead_ms:.3f}",
         "x-llmsuite-degraded": "true" if reply.degraded else "false",

@@ -14,7 +14,8 @@ from services.router.config import RouterSettings, TenantSettings
 
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
-MAX_USER_CHARS = 128
+# The OpenAI-compatible API accepts a `user` this long too (services/openai/schema.py).
+MAX_USER_CHARS = 256
 _ROLE_NAMES = {
     inference_pb2.ROLE_SYSTEM: "system",
     inference_pb2.ROLE_USER: "user",

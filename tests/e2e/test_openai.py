@@ -16,9 +16,11 @@ import grpc
 import numpy as np
 import openai
 import pytest
+from llmsuite.admin.v1 import admin_pb2, admin_pb2_grpc
 from llmsuite.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 from gateway.keys import add_key
+from services.router import variants
 from tests.e2e.conftest import LIMITED_KEY_ID, LIMITED_PER_MINUTE, SYSTEM_PROMPT_TENANT
 from tests.e2e.support import direct_generation, triton_metrics
 from tests.generation.support import scrape
@@ -217,6 +219,48 @@ def test_one_tenant_never_sees_another_tenants_cached_answer(stack, base_url):
     assert cache_of(second, user="oa-tenant-a",
                     extra_headers={"x-llmsuite-tenant": "oa-tenant-a", "x-llmsuite-key-id": "oa-tenant-a"}) == "miss"
     assert cache_of(second) == "hit_exact"
+
+
+def test_the_user_field_keeps_each_caller_on_its_canary_variant(stack, base_url):
+    tenant = "oa-canary"
+    caller = sdk(base_url, new_key(stack, base_url, "oa-canary", tenant, ["inference"]))
+    admin = (("authorization", f"Bearer {new_key(stack, base_url, 'oa-ops', 'default', ['admin'])}"),)
+    split = {"full@1": 50, "full@2": 50}
+    rollout = variants.initial("full", "full@1", split)
+    users = {variant: next(f"oa-user-{n}" for n in range(1000) if variants.assign(rollout, tenant, f"oa-user-{n}")
+                           == variant) for variant in split}
+    # Variants are the router's rollout decision: the model list names aliases only.
+    assert "full" in [model.id for model in caller.models.list()]
+    assert not any("@" in model.id for model in caller.models.list())
+
+    def set_weights(weights: dict[str, int], baseline: str) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports.envoy}") as channel:
+            admin_pb2_grpc.AdminServiceStub(channel).SetWeights(admin_pb2.SetWeightsRequest(
+                alias="full", baseline=baseline,
+                weights=[admin_pb2.VariantWeight(variant=name, weight=weight) for name, weight in weights.items()]),
+                metadata=admin, timeout=10)
+
+    set_weights(split, "full@1")
+    try:
+        # Every replica reads the change within two polls (0.5 s): wait until this one serves it.
+        poll(lambda: caller.chat.completions.with_raw_response.create(
+            model="llmsuite/full", messages=user("Explain how a canary release works."), user=users["full@2"],
+            max_tokens=8).headers["x-llmsuite-model-variant"] != "full", "the canary split served", timeout=10)
+        for variant, name in users.items():
+            served = []
+            for attempt in range(6):
+                raw = caller.chat.completions.with_raw_response.create(
+                    model="llmsuite/full", messages=user(f"Explain step by step how rollouts work, take {attempt}."),
+                    user=name, max_tokens=8)
+                completion = raw.parse()
+                assert completion.llmsuite["model_variant"] == raw.headers["x-llmsuite-model-variant"]
+                # The stand-ins' full@2 fails one prompt in four on purpose; its user then gets light's answer.
+                degraded = raw.headers["x-llmsuite-degraded"] == "true"
+                served.append("light" if degraded else raw.headers["x-llmsuite-model-variant"])
+                assert not degraded or raw.headers["x-llmsuite-model-variant"] == "light"
+            assert set(served) <= {variant, "light"} and served.count(variant) >= 3, served
+    finally:
+        set_weights({"full": 100}, "full")
 
 
 def curl_status(url: str, key: str, body: bytes) -> tuple[int, dict]:

@@ -64,6 +64,12 @@ def test_sampling_fields_and_max_completion_tokens_wins():
     assert list(translate.router_request(chat(stop=["a", "b"])).sampling.stop) == ["a", "b"]
 
 
+def test_the_user_keeps_its_canary_variant_and_is_unset_when_absent():
+    assert translate.router_request(chat(user="user-42")).user == "user-42"
+    assert translate.router_request(chat(user="u" * 256), inference_pb2.GenerateStreamRequest).user == "u" * 256
+    assert translate.router_request(chat()).user == ""
+
+
 def test_unset_fields_stay_unset_for_the_router_defaults():
     sampling = translate.router_request(chat()).sampling
     assert not any(sampling.HasField(name) for name in ("max_tokens", "temperature", "top_p", "seed"))
@@ -110,8 +116,11 @@ def test_llmsuite_fields_as_headers_and_extension():
     answer = reply(tier=inference_pb2.TIER_CACHE, cache_status=inference_pb2.CACHE_STATUS_HIT_EXACT, degraded=True,
                    degraded_reasons=["full_model_unavailable"],
                    guardrail_findings=[inference_pb2.GuardrailFinding(stage="input", entity="EMAIL_ADDRESS",
-                                                                      action="redact", score=0.95)])
+                                                                      action="redact", score=0.95)],
+                   model="full", model_variant="full@2", template_version="3")
     headers = translate.headers(answer)
+    assert (headers["x-llmsuite-model"], headers["x-llmsuite-model-variant"]) == ("full", "full@2")
+    assert headers["x-llmsuite-template-version"] == "3"
     assert headers["x-llmsuite-tier"] == "cache" and headers["x-llmsuite-cache"] == "hit_exact"
     assert headers["x-llmsuite-degraded"] == "true"
     assert headers["x-llmsuite-degraded-reasons"] == "full_model_unavailable"
@@ -119,6 +128,7 @@ def test_llmsuite_fields_as_headers_and_extension():
     assert headers["x-llmsuite-cost-usd"] == "0.00001250" and headers["x-llmsuite-overhead-ms"] == "4.250"
     assert all(value.isascii() for value in headers.values())
     extension = translate.extension(answer)
+    assert (extension["model_variant"], extension["template_version"]) == ("full@2", "3")
     assert extension["degraded"] is True and extension["degraded_reasons"] == ["full_model_unavailable"]
     assert extension["guardrail_findings"] == [{"stage": "input", "entity": "EMAIL_ADDRESS", "action": "redact",
                                                 "score": 0.95}]
