@@ -28,11 +28,11 @@ RUN pip install --no-deps . \
 FROM python:3.11.11-slim-bookworm
 # Unprivileged, fixed uid so Kubernetes' runAsNonRoot can check it. The folders compose
 # mounts volumes on belong to it, so a fresh volume does too and the one-shot
-# keys-init and certs-init can write there.
+# keys-init and certs-init, and the router's audit log, can write there.
 RUN groupadd --gid 10001 llmsuite && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin llmsuite \
- && mkdir -p /keys /certs/envoy /certs/router /certs/guardrails /certs/retrieval /certs/generation /certs/authz \
-      /certs/ratelimit /certs/openai \
- && chown -R 10001:10001 /keys /certs
+ && mkdir -p /keys /certs/envoy /certs/router /certs/worker /certs/guardrails /certs/retrieval /certs/generation \
+      /certs/authz /certs/ratelimit /certs/openai /var/lib/llmsuite/audit \
+ && chown -R 10001:10001 /keys /certs /var/lib/llmsuite
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 # The embedder's ONNX files were exported at build time (read-only here).

@@ -206,6 +206,34 @@ def test_volumes_the_code_expects(config, services):
     assert {v["target"] for v in volumes_of(services["triton-gpu"])} == {"/repository", "/engines", "/models"}
 
 
+def _image_owned_dirs() -> set[str]:
+    """Folders the Python image makes and gives its unprivileged user: a fresh named volume
+    mounted on one of them belongs to that user too (Docker copies the folder's owner)."""
+    dockerfile = (COMPOSE / "python.Dockerfile").read_text().replace("\\\n", " ")
+    made = set(re.search(r"mkdir -p ([^&]+)&&", dockerfile).group(1).split())
+    owned = re.search(r"chown -R 10001:10001 ([^\n&]+)", dockerfile).group(1).split()
+    return {path for path in made if any(path == root or path.startswith(root + "/") for root in owned)}
+
+
+def test_the_router_writes_its_audit_log_to_a_volume_of_its_own_per_container(config, services):
+    router = services["router"]
+    audit_dir = env_of(router)["LLMSUITE_ROUTER_AUDIT_DIR"]
+    # Replicas (--scale router=N) share the volume; each takes the folder of its host name.
+    assert audit_dir.endswith("/{hostname}")
+    volume_root = audit_dir.removesuffix("/{hostname}")
+    mount = next(v for v in volumes_of(router) if v["target"] == volume_root)
+    assert mount["source"] in config["volumes"] and not mount["read_only"]
+    assert volume_root in _image_owned_dirs(), "a fresh audit volume must be writable by the router's user"
+    # Not a fixed key in the file: the operator's secret, or a random one at start.
+    assert env_of(router)["LLMSUITE_ROUTER_AUDIT_HMAC_KEY"] == ""
+    assert not any(v["target"] == volume_root for name, s in services.items() if name != "router"
+                   for v in volumes_of(s))
+
+
+def test_every_certificate_volume_is_writable_by_certs_init():
+    assert {f"/certs/{name}" for name in certified_workloads()} <= _image_owned_dirs()
+
+
 def certified_workloads() -> list[str]:
     """The names certs-init passes to `python -m gateway.certs --names`."""
     command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["certs-init"]["command"][0]

@@ -60,7 +60,8 @@ def container(workload: dict) -> dict:
 
 
 def env_of(c: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in c.get("env", [])}
+    """Literal values; a variable taken from a Secret (valueFrom) reads as ""."""
+    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -70,7 +71,8 @@ def selects(selector: dict, labels: dict) -> bool:
 def test_every_component_runs_as_a_workload(docs):
     names = set(workloads(docs))
     assert names == {"envoy", "triton", "redis", "qdrant", *PYTHON_SERVICES}
-    assert set(of_kind(docs, "StatefulSet")) == {"redis", "qdrant"}
+    # The router for its audit log's volume per replica (test_the_router_keeps_each_replicas_audit_log...).
+    assert set(of_kind(docs, "StatefulSet")) == {"redis", "qdrant", "router"}
 
 
 def test_everything_lives_in_the_namespace(docs):
@@ -128,6 +130,25 @@ def test_redis_keeps_its_append_only_file_on_a_persistent_volume(docs):
     assert not any(v["name"] == mount["name"] for v in redis["spec"]["template"]["spec"].get("volumes", []))
 
 
+def test_the_router_keeps_each_replicas_audit_log_on_its_own_volume(docs):
+    """One writer per audit directory, and a replica's chain must outlive its pod: a
+    claim per replica (volumeClaimTemplates), kept when pods go or the set scales in."""
+    router = of_kind(docs, "StatefulSet")["router"]
+    spec = router["spec"]
+    c = container(router)
+    audit_dir = env_of(c)["LLMSUITE_ROUTER_AUDIT_DIR"]
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == audit_dir)
+    assert not mount.get("readOnly")
+    assert mount["name"] in {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
+    assert not any(v["name"] == mount["name"] for v in spec["template"]["spec"].get("volumes", []))
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    # Started in parallel like a Deployment's pods, and found by Envoy through the headless service.
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert of_kind(docs, "Service")[spec["serviceName"]]["spec"]["clusterIP"] == "None"
+    hmac = next(e for e in c["env"] if e["name"] == "LLMSUITE_ROUTER_AUDIT_HMAC_KEY")
+    assert hmac["valueFrom"]["secretKeyRef"] == {"name": "router-audit", "key": "hmac-key", "optional": True}
+
+
 @pytest.mark.parametrize("name", sorted(PYTHON_SERVICES))
 def test_python_services_use_health_probes_on_their_documented_port(docs, name):
     """gRPC health for the gRPC services; GET /healthz for the HTTP one (the OpenAI API)."""
@@ -146,11 +167,12 @@ def test_python_services_use_health_probes_on_their_documented_port(docs, name):
             assert c[probe]["grpc"]["port"] == port, probe
 
 
-def test_each_deployment_has_an_autoscaler_and_a_disruption_budget(docs):
+def test_each_stateless_workload_has_an_autoscaler_and_a_disruption_budget(docs):
     hpas, pdbs = of_kind(docs, "HorizontalPodAutoscaler"), of_kind(docs, "PodDisruptionBudget")
-    for name, deployment in of_kind(docs, "Deployment").items():
+    scaled = of_kind(docs, "Deployment") | {"router": of_kind(docs, "StatefulSet")["router"]}
+    for name, deployment in scaled.items():
         hpa = hpas[name]
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": deployment["kind"], "name": name}
         kinds = {m["type"] for m in hpa["spec"]["metrics"]}
         if name == "triton":
             assert kinds == {"Pods"}, "Triton scales on custom metrics, not CPU"
