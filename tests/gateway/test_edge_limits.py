@@ -32,6 +32,9 @@ HEADERS_TIMEOUT_S = 2
 IDLE_TIMEOUT_S = 2
 GENERATE = "/llmsuite.inference.v1.InferenceService/Generate"
 
+# Every test goes through a real Envoy with authz, the rate limiter and the echo service.
+pytestmark = pytest.mark.integration
+
 
 # The tests' own readiness checks come from 127.0.0.1; the limited client uses
 # another loopback address, so it has a counter of its own.

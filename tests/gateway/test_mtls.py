@@ -27,6 +27,9 @@ from tests.harness import REPO, ServiceProcess, assert_grpc_error, free_port, se
 # The echo upstream stands in for the router: its certificate is named so.
 SERVICE = "router"
 
+# Every test uses the suite fixture (Envoy, the echo service, the OpenAI API).
+pytestmark = pytest.mark.integration
+
 
 def credentials(folder: Path, with_certificate: bool = True) -> grpc.ChannelCredentials:
     ca = (folder / "ca.pem").read_bytes()

@@ -27,6 +27,7 @@ def wait_until(condition, what: str, timeout: float = 10.0) -> None:
         assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
 
 
+@pytest.mark.integration
 def test_a_redis_restart_without_persistence_brings_no_revoked_key_back(tmp_path):
     keys_file = tmp_path / "keys.yaml"
     keys = {name: add_key(keys_file, name, "acme", ["inference"]) for name in ("in-file", "in-redis", "stays")}
@@ -87,6 +88,7 @@ def test_compose_and_kubernetes_run_redis_with_the_same_append_only_file():
     assert compose["--appendonly"] == "yes" and compose["--dir"] == "/data"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_the_deployments_redis_keeps_revocations_across_a_kill(tmp_path):
     """redis-server with the deployments' persistence settings (its data folder moved

@@ -13,6 +13,9 @@ from services.stack.processes import ServiceProcess
 from services.stack.supervisor import Backoff, Supervisor
 from tests.harness import REPO, free_port, poll, redis_ping
 
+# Every test supervises real child processes.
+pytestmark = pytest.mark.integration
+
 
 class Clock:
     def __init__(self):
