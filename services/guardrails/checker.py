@@ -176,11 +176,13 @@ class Guard:
                         "threshold": threshold})
         return Finding(INJECTION_ENTITY, 0, len(text), round(injection.score, 4), action), reason
 
-    async def check_input(self, text: str, policy: Policy, tenant: str) -> Outcome:
+    async def check_input(self, text: str, policy: Policy, tenant: str, *, instructions: bool = False) -> Outcome:
+        """`instructions`: the caller's own instructions (an accepted client system message), scored for
+        injection but never flagged or blocked for it."""
         try:
             findings, injection = await self._analyse_input(text, policy)
             reasons = list(injection.reasons)
-            found = self._injection_finding(text, injection, policy)
+            found = None if instructions else self._injection_finding(text, injection, policy)
             if found is not None:
                 findings.append(found[0])
                 reasons.insert(0, found[1])

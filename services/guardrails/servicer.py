@@ -77,7 +77,7 @@ class GuardrailsServicer(guardrails_pb2_grpc.GuardrailsServiceServicer):
         if request.reversible and not policy.reversible:
             raise FailedPrecondition("this tenant's guardrails policy does not allow reversible redaction; "
                                      "send reversible=false", reason="REVERSIBLE_NOT_ALLOWED")
-        outcome = await self._guard.check_input(request.text, policy, tenant)
+        outcome = await self._guard.check_input(request.text, policy, tenant, instructions=request.instructions)
         response = pb.CheckInputResponse(
             verdict=_VERDICTS[outcome.verdict], sanitized_text=outcome.text, findings=_findings(outcome.findings),
             injection_score=outcome.injection_score, reasons=outcome.reasons)

@@ -30,9 +30,10 @@ class GuardrailsClient:
         self._cap = settings.guardrails_timeout_s
         self.upstream = upstream_for("guardrails", settings)
 
-    async def check_input(self, text: str, *, policy: str, reversible: bool,
-                          deadline: Deadline) -> guardrails_pb2.CheckInputResponse:
-        request = guardrails_pb2.CheckInputRequest(text=text, policy=policy, reversible=reversible)
+    async def check_input(self, text: str, *, policy: str, reversible: bool, deadline: Deadline,
+                          instructions: bool = False) -> guardrails_pb2.CheckInputResponse:
+        request = guardrails_pb2.CheckInputRequest(text=text, policy=policy, reversible=reversible,
+                                                   instructions=instructions)
         return await self.upstream.call(
             lambda timeout: self._stub.CheckInput(request, timeout=timeout, metadata=outgoing_metadata()),
             deadline, self._cap)

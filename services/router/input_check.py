@@ -70,9 +70,12 @@ class InputCheck:
             if not turn.content.strip():
                 continue
             try:
+                # A system turn reaches here only where the tenant accepts client system
+                # messages: instructions by design, so never judged as an injection.
                 verdict = await self._guardrails.check_input(
                     turn.content, policy=tenant.guardrails_policy,
-                    reversible=tenant.reversible_redaction and index == last, deadline=deadline)
+                    reversible=tenant.reversible_redaction and index == last, deadline=deadline,
+                    instructions=turn.role == "system")
             except UPSTREAM_DOWN:
                 deadline.check()
                 return self._unchecked(request, tenant, report)

@@ -112,15 +112,15 @@ class FakeGuardrails:
         # Set to answer every CheckInput with this response instead.
         self.verdict: gpb.CheckInputResponse | None = None
 
-    async def check_input(self, text: str, *, policy: str, reversible: bool,
-                          deadline: Deadline) -> gpb.CheckInputResponse:
+    async def check_input(self, text: str, *, policy: str, reversible: bool, deadline: Deadline,
+                          instructions: bool = False) -> gpb.CheckInputResponse:
         await _hop(deadline, 2.0, self.slow_s, "guardrails")
         if self.down:
             raise _down("guardrails")
         self.checked.append(text)
         if self.verdict is not None:
             return self.verdict
-        if INJECTION in text.lower():
+        if INJECTION in text.lower() and not instructions:
             return gpb.CheckInputResponse(
                 verdict=gpb.VERDICT_BLOCK, sanitized_text=text, injection_score=0.97,
                 findings=[gpb.Finding(entity="PROMPT_INJECTION", start=0, end=len(text), score=0.97,
