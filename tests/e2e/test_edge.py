@@ -190,7 +190,9 @@ def test_a_killed_triton_is_restarted_and_the_edge_stays_up(stack, supervisor_re
     triton.signal(signal.SIGKILL)
     poll(lambda: triton.alive() and triton.proc.pid != killed, "Triton restarted by the supervisor", timeout=60)
     assert any(line.startswith("triton exited with signal SIGKILL; restarting in") for line in supervisor_reports)
-    request = inference_pb2.GenerateRequest(prompt="Are you back?", cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
+    # Not "Are you back?": the injection classifier blocks it (0.96), a false positive this test is not about.
+    request = inference_pb2.GenerateRequest(prompt="What is a load balancer?",
+                                            cache_policy=inference_pb2.CACHE_POLICY_BYPASS,
                                             sampling=inference_pb2.SamplingParams(max_tokens=8))
 
     def answered():
