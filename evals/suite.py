@@ -1,0 +1,150 @@
+"""The whole suite as the chaos and soak runs start it, and what its processes use.
+
+What `make run` starts and supervises (services/stack: Triton, generation,
+guardrails, retrieval, the router, authz, ratelimit, Envoy), on free ports, with the
+CPU stand-in models, plus what a deployment with replicas has: two router replicas
+behind Envoy and one Redis that the routers (cache, sessions), the rate limiter
+(counters) and authz (revocations) share. The supervisor (services/stack/supervisor.py)
+restarts whatever dies, Redis included; nothing here restarts anything by hand.
+"""
+
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+import redis
+import yaml
+from grpc_health.v1 import health_pb2
+
+from services.stack.processes import ServiceProcess, free_port, grpc_health_status, http_ok
+from services.stack.stack import Ports, Stack
+from services.stack.supervisor import Supervisor
+from services.triton.launcher import STANDIN_MODEL_REPOSITORY
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def readiness(stack: Stack) -> dict[str, Callable[[], bool]]:
+    """Each process of `stack` by name, with the check that says it serves again."""
+    p = stack.ports
+    grpc_ports = {"generation": p.generation, "guardrails": p.guardrails, "retrieval": p.retrieval,
+                  "authz": p.authz, "ratelimit": p.ratelimit, "envoy": p.envoy,
+                  **{name: port for name, port, _ in p.routers()}}
+    checks: dict[str, Callable[[], bool]] = {
+        name: (lambda port=port: grpc_health_status(port) == SERVING) for name, port in grpc_ports.items()}
+    checks["triton"] = lambda: http_ok(f"http://127.0.0.1:{p.triton_http}/v2/health/ready")
+    return checks
+
+
+def limits_config(path: Path) -> Path:
+    """Rate limits far above the offered load: these runs measure faults, not the limiter."""
+    path.write_text(yaml.safe_dump({"ratelimit": {"limits": [
+        {"descriptor": "key", "requests_per_unit": 1_000_000, "unit": "minute"},
+        {"descriptor": "tenant", "requests_per_unit": 1_000_000, "unit": "minute"},
+        {"descriptor": "remote_address", "requests_per_unit": 1_000_000, "unit": "minute"},
+    ]}}))
+    return path
+
+
+class Suite:
+    """The supervised suite with router replicas and a shared Redis, in `var_dir`."""
+
+    def __init__(self, var_dir: Path, routers: int = 2):
+        self.var_dir = var_dir
+        redis_port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        # No persistence: what Redis holds here (cache, counters) may be lost; the
+        # revocations' durability is tested on its own (tests/gateway).
+        self.redis = ServiceProcess("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                              "--save", "", "--appendonly", "no"], var_dir / "logs")
+        shared = {"redis_url": self.redis_url}
+        self.stack = Stack(ports=Ports.free(routers=routers), var_dir=var_dir,
+                           model_repository=STANDIN_MODEL_REPOSITORY,
+                           overrides={"router": shared, "ratelimit": shared, "authz": shared})
+        self.reports: list[str] = []
+        self._stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    @property
+    def edge(self) -> str:
+        return f"127.0.0.1:{self.stack.ports.envoy}"
+
+    @property
+    def api_key(self) -> str:
+        return self.stack.api_key
+
+    @property
+    def processes(self) -> dict[str, ServiceProcess]:
+        return {"redis": self.redis, **self.stack.processes}
+
+    def ready(self) -> dict[str, Callable[[], bool]]:
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        return {"redis": lambda: _redis_ping(port), **readiness(self.stack)}
+
+    def start(self, report: Callable[[str], None] = lambda _: None) -> "Suite":
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["LLMSUITE_CONFIG"] = str(limits_config(self.var_dir / "limits.yaml"))
+        self.redis.start()
+        try:
+            self.redis.wait_until(self.ready()["redis"], "redis PING", timeout=30)
+            self.stack.start(report)
+        except BaseException:
+            self.redis.stop()
+            raise
+        supervisor = Supervisor(self.processes, self._report)
+        self._supervisor = threading.Thread(target=supervisor.run, args=(self._stop,), name="supervisor",
+                                            daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _report(self, line: str) -> None:
+        self.reports.append(line)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(10)
+        self.stack.stop()
+        self.redis.stop()
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def process_usage(pid: int) -> dict[str, int]:
+    """Resident memory (KiB) and open file descriptors of one process, from /proc."""
+    rss_kib = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kib = int(line.split()[1])
+    return {"rss_kib": rss_kib, "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        text = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        children += [int(child) for child in text]
+    return children
+
+
+def usage(processes: dict[str, ServiceProcess]) -> dict[str, dict[str, int]]:
+    """`process_usage` of every process, and of its children by command name
+    (Triton's Python-backend stubs: `triton/triton_python_backend_stub` ...)."""
+    result: dict[str, dict[str, int]] = {}
+    for name, process in processes.items():
+        if not process.alive():
+            continue
+        try:
+            result[name] = process_usage(process.proc.pid)
+            for n, child in enumerate(_children(process.proc.pid), start=1):
+                command = Path(f"/proc/{child}/comm").read_text().strip()
+                result[f"{name}/{command}-{n}"] = process_usage(child)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited between the checks
+    return result
