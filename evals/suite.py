@@ -133,18 +133,28 @@ def _children(pid: int) -> list[int]:
     return children
 
 
+def _child_name(pid: int) -> str:
+    """A child's command; for a Triton Python-backend stub, with the model it serves
+    (its second argument is <repository>/<model>/<version>/model.py)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    name = Path(argv[0]).name
+    if len(argv) > 1 and argv[1].endswith("model.py"):
+        name += f" ({Path(argv[1]).parent.parent.name})"
+    return name
+
+
 def usage(processes: dict[str, ServiceProcess]) -> dict[str, dict[str, int]]:
     """`process_usage` of every process, and of its children by command name
-    (Triton's Python-backend stubs: `triton/triton_python_backend_stub` ...)."""
+    (Triton's Python-backend stubs: `triton/triton_python_backend_stub (light)` ...)."""
     result: dict[str, dict[str, int]] = {}
     for name, process in processes.items():
         if not process.alive():
             continue
         try:
             result[name] = process_usage(process.proc.pid)
-            for n, child in enumerate(_children(process.proc.pid), start=1):
-                command = Path(f"/proc/{child}/comm").read_text().strip()
-                result[f"{name}/{command}-{n}"] = process_usage(child)
+            for child in _children(process.proc.pid):
+                key = f"{name}/{_child_name(child)}"
+                result[key if key not in result else f"{key} #{child}"] = process_usage(child)
         except (FileNotFoundError, ProcessLookupError):
             continue  # it exited between the checks
     return result
