@@ -105,6 +105,7 @@ def main() -> int:
             if traffic is not None:
                 traffic.stop()
             suite.stop()
+        edge_failures = suite.edge_failures()
     load_after = os.getloadavg()
     report = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -117,6 +118,8 @@ def main() -> int:
                                 round(traffic.max_lag_s, 3)}},
         "baseline": steady,
         "faults": [result.to_dict() for result in results],
+        # Envoy's view of every failed call of the run: gRPC status, response flags, upstream.
+        "edge_failures": edge_failures,
         "supervisor": suite.reports,
     }
     report["targets"] = {

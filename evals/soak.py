@@ -97,14 +97,15 @@ def main() -> int:
             traffic = Traffic(suite.edge, suite.api_key, rate, deadline_s=args.deadline_s,
                               collection=COLLECTION, max_outstanding=256).start()
             time.sleep(args.warmup_s)  # the traffic runs meanwhile: caches fill, pools grow
-            start, usage_start, load_start = traffic.now(), usage(suite.processes), os.getloadavg()
+            start, usage_start, load_start = traffic.now(), usage(suite.processes, suite.port_names()), os.getloadavg()
             print(f"soaking at {rate:.1f}/s for {args.minutes} min ...", file=sys.stderr)
             time.sleep(60 * args.minutes)  # the measured period
-            end, usage_end, load_end = traffic.now(), usage(suite.processes), os.getloadavg()
+            end, usage_end, load_end = traffic.now(), usage(suite.processes, suite.port_names()), os.getloadavg()
         finally:
             if traffic is not None:
                 traffic.stop()
             suite.stop()
+        edge_failures = suite.edge_failures()
     outcomes = [o for o in traffic.outcomes if start <= o.started < end]
     minutes = per_minute(outcomes, start, args.minutes)
     errors = [o for o in outcomes if not o.ok]
@@ -122,6 +123,8 @@ def main() -> int:
                                 "max_start_lag_s": round(traffic.max_lag_s, 3)}},
         "requests": len(outcomes),
         "errors": dict(Counter(o.label for o in errors)),
+        # Envoy's view of every failed call of the run (saturation included): where it failed.
+        "edge_failures": edge_failures,
         "error_rate": round(len(errors) / max(len(outcomes), 1), 5),
         "degraded": sum(1 for o in outcomes if o.ok and o.degraded),
         "hung": sum(1 for o in outcomes if o.hung),
@@ -144,6 +147,9 @@ def main() -> int:
             print(f"  {name:40} rss {entry['start']['rss_kib']:>8} -> {entry['end']['rss_kib']:>8} KiB "
                   f"({entry['rss_kib_growth']:+.1%})  fds {entry['start']['open_fds']:>4} -> "
                   f"{entry['end']['open_fds']:>4} ({entry['open_fds_growth']:+.1%})")
+            if not entry["met"]:
+                print(f"    descriptors at the start {entry['start'].get('fds_by_kind')}, "
+                      f"at the end {entry['end'].get('fds_by_kind')}")
     return 0 if all(entry.get("met", False) for entry in processes.values()) and not errors else 1
 
 
