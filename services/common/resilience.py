@@ -223,6 +223,10 @@ class Upstream:
         """Seconds until the breaker lets a call through again (0 when closed)."""
         return self.breaker.retry_after_s()
 
+    def tracked_tenants(self) -> list[str]:
+        """The tenants this Upstream keeps state for: calls in flight, or a breaker not idle."""
+        return sorted(self._shares)
+
     def tenant_in_flight(self, tenant: str) -> int:
         """Calls of `tenant` in flight now."""
         share = self._shares.get(tenant)

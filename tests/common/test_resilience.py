@@ -137,6 +137,7 @@ async def test_hop_timeouts_open_only_the_calling_tenants_breaker():
         with pytest.raises(DeadlineExceeded):
             await as_tenant("a", collect(upstream.stream(slow, Deadline(10), cap=0.1)))
     assert upstream.tenant_breaker_state("a") == "open" and upstream.breaker.state == "closed"
+    assert upstream.tracked_tenants() == ["a"]
     with pytest.raises(Unavailable) as err:
         await as_tenant("a", collect(upstream.stream(slow, Deadline(10), cap=0.1)))
     assert err.value.reason == "UPSTREAM_CIRCUIT_OPEN" and err.value.metadata["scope"] == "tenant"
@@ -146,7 +147,7 @@ async def test_hop_timeouts_open_only_the_calling_tenants_breaker():
     assert await as_tenant("b", collect(upstream.stream(fine, Deadline(10), cap=0.1))) == ["ok"]
     now[0] += 5.0
     assert await as_tenant("a", collect(upstream.stream(fine, Deadline(10), cap=0.1))) == ["ok"]
-    assert upstream.tenant_breaker_state("a") == "closed"
+    assert upstream.tenant_breaker_state("a") == "closed" and upstream.tracked_tenants() == []
 
 
 async def test_upstream_faults_still_open_the_shared_breaker_for_every_tenant():
@@ -185,4 +186,4 @@ async def test_a_tenant_holds_at_most_its_share_of_the_slots():
     gate.set()
     assert await asyncio.gather(*holders, other) == [["done"]] * 3
     # Idle tenants are forgotten: the table holds only tenants active right now.
-    assert upstream.in_flight == 0 and upstream._shares == {}
+    assert upstream.in_flight == 0 and upstream.tracked_tenants() == []
