@@ -14,7 +14,8 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench
+.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench \
+        chaos soak
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
 
@@ -95,6 +96,15 @@ bench: setup
 	$(PY) -m tests.gateway.bench_edge
 	$(PY) evals/stack_load.py
 	$(PY) evals/openai_load.py
+
+# Reliability (docs/reliability.md): every process killed with SIGKILL under load and
+# brought back by the supervisor (reports/chaos.json, a few minutes); ten minutes at
+# half of saturation (reports/soak.json, about a quarter of an hour).
+chaos: setup
+	$(PY) evals/chaos.py
+
+soak: setup
+	$(PY) evals/soak.py
 
 # Regenerate what is derived from code: the README's configuration reference and
 # the Envoy configs committed for compose and Kubernetes.

@@ -7,14 +7,24 @@ clients, generation's Triton client) sends its calls through one Upstream:
 - UNAVAILABLE (the request never reached a working server, so repeating it is
   safe) is retried with exponential backoff and jitter, only before a stream's
   first item and only while the deadline leaves time for the wait;
-- a circuit breaker: after `breaker_failures` consecutive failures calls fail fast
-  for `breaker_reset_s`, then one probe may pass; its outcome closes or re-opens it;
+- a circuit breaker: after `breaker_failures` consecutive upstream faults calls
+  fail fast for `breaker_reset_s`, then one probe may pass; its outcome closes or
+  re-opens it;
 - an in-flight cap: above `max_in_flight` a call fails fast instead of queueing
-  behind a slow upstream and piling up memory.
+  behind a slow upstream and piling up memory;
+- tenant isolation (the tenant is the request's, services.common.context): one
+  tenant holds at most `max_in_flight_per_tenant` of the upstream's slots, and a
+  call that runs out its hop's time cap counts against the calling tenant's own
+  breaker, never the shared one. A hop timeout says that this call was slow; when
+  the upstream is down, calls fail with UNAVAILABLE, which the shared breaker
+  counts. A slow call is as often the input's doing (a pathological prompt) as the
+  upstream's, and a shared breaker opened by one tenant's slow inputs would refuse
+  every tenant (issue 14). A hung upstream still trips every tenant's breaker
+  after that tenant's own `breaker_failures` timeouts.
 Refusals are Unavailable errors with ErrorInfo (UPSTREAM_CIRCUIT_OPEN,
-UPSTREAM_OVERLOADED) and RetryInfo, so callers can degrade on them like on any
-other unavailability. Metrics stay the owner's: an Observer hears of breaker
-states, refusals and retries.
+UPSTREAM_OVERLOADED, UPSTREAM_TENANT_LIMIT) and RetryInfo, so callers can degrade
+on them like on any other unavailability. Metrics stay the owner's: an Observer
+hears of breaker states, refusals and retries.
 
 The breaker and the backoff are plain objects with no I/O, so tests drive them
 with a fake clock.
@@ -30,6 +40,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import grpc
 
+from services.common.context import tenant_var
 from services.common.errors import DeadlineExceeded, ServiceError, Unavailable, from_rpc_error
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,11 @@ class CircuitBreaker:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def idle(self) -> bool:
+        """Closed with no failure counted: nothing worth remembering."""
+        return self._state == self.CLOSED and self._failures == 0
 
     def allow(self) -> bool:
         """Whether a call may go out now; in half-open state, at most one per timeout."""
@@ -144,6 +160,8 @@ class Policy:
     retry_max_delay_s: float = 2.0
     # None: no cap.
     max_in_flight: int | None = None
+    # Most of those slots one tenant may hold at once; None: no per-tenant cap.
+    max_in_flight_per_tenant: int | None = None
 
 
 class Observer:
@@ -153,7 +171,8 @@ class Observer:
         """The breaker is now in `state` (CircuitBreaker.CLOSED, OPEN or HALF_OPEN)."""
 
     def rejected(self, reason: str) -> None:
-        """A call was refused before it went out: "breaker_open" or "overloaded"."""
+        """A call was refused before it went out: "breaker_open", "overloaded", or for the
+        calling tenant only, "tenant_limit" or "tenant_breaker_open"."""
 
     def retried(self) -> None:
         """A call is retried after UNAVAILABLE."""
@@ -166,29 +185,57 @@ class Incomplete(Exception):
 ErrorMapper = Callable[[grpc.aio.AioRpcError, str], ServiceError]
 
 
+class _Share:
+    """One tenant's part of an Upstream: its calls in flight and its own breaker."""
+
+    def __init__(self, breaker: CircuitBreaker):
+        self.in_flight = 0
+        self.breaker = breaker
+
+
 class Upstream:
-    """Breaker, in-flight cap, retries and deadline around the calls to one upstream.
+    """Breaker, in-flight caps, retries and deadline around the calls to one upstream.
 
     `errors` turns a failed call into the error our caller sees; by default the
     suite's mapping (services.common.errors.from_rpc_error), which passes a suite
     service's client errors through. `breaker` may be shared by several Upstreams
-    that reach one endpoint.
+    that reach one endpoint. `tenant` names the tenant of the call being made (by
+    default the request context's).
     """
 
     def __init__(self, name: str, policy: Policy = Policy(), *, observer: Observer | None = None,
                  breaker: CircuitBreaker | None = None, errors: ErrorMapper = from_rpc_error,
-                 clock: Callable[[], float] = time.monotonic):
+                 tenant: Callable[[], str] = tenant_var.get, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.breaker = breaker or CircuitBreaker(policy.breaker_failures, policy.breaker_reset_s, clock=clock)
         self.in_flight = 0
         self._policy = policy
         self._observer = observer or Observer()
         self._errors = errors
+        self._tenant = tenant
+        self._clock = clock
+        # Only tenants with calls in flight or a non-idle breaker, so this stays as
+        # small as the set of tenants active right now.
+        self._shares: dict[str, _Share] = {}
         self._observer.breaker_state(self.breaker.state)
 
     def retry_after_s(self) -> float:
         """Seconds until the breaker lets a call through again (0 when closed)."""
         return self.breaker.retry_after_s()
+
+    def tracked_tenants(self) -> list[str]:
+        """The tenants this Upstream keeps state for: calls in flight, or a breaker not idle."""
+        return sorted(self._shares)
+
+    def tenant_in_flight(self, tenant: str) -> int:
+        """Calls of `tenant` in flight now."""
+        share = self._shares.get(tenant)
+        return share.in_flight if share else 0
+
+    def tenant_breaker_state(self, tenant: str) -> str:
+        """The state of `tenant`'s own breaker (hop timeouts of its calls)."""
+        share = self._shares.get(tenant)
+        return share.breaker.state if share else CircuitBreaker.CLOSED
 
     async def call(self, fn: Callable[[float], Awaitable[T]], deadline: Deadline, cap: float | None = None) -> T:
         """Runs a unary call `fn(timeout)`: one attempt per retry, each within `cap` and the deadline."""
@@ -212,26 +259,26 @@ class Upstream:
             timeout = deadline.timeout(cap)
             hop_bound = cap is not None and cap < deadline.remaining()
             received = False
-            with self._slot():
+            with self._slot() as share:
                 try:
                     async with aclosing(start(timeout)) as items:
                         async for item in items:
                             received = True
                             yield item
-                    self._succeeded()
+                    self._succeeded(share)
                     return
                 except grpc.aio.AioRpcError as err:
-                    self._failed(err.code(), hop_bound)
+                    self._failed(share, err.code(), hop_bound)
                     delay = None if received else self._retry_delay(err.code(), delays, deadline)
                     if delay is None:
                         raise self._errors(err, self.name) from None
                 except Incomplete:
-                    self._failed(grpc.StatusCode.UNAVAILABLE, hop_bound)
+                    self._failed(share, grpc.StatusCode.UNAVAILABLE, hop_bound)
                     raise Unavailable(f"{self.name} ended the stream without a final answer",
                                       reason="UPSTREAM_UNAVAILABLE", metadata={"upstream": self.name},
                                       retry_after_s=1.0) from None
                 except ServiceError:
-                    self._succeeded()
+                    self._succeeded(share)
                     raise
             # Outside the slot: a waiting retry does not count as in flight.
             log.info("%s unavailable; retrying in %.3fs", self.name, delay)
@@ -253,41 +300,78 @@ class Upstream:
         return delay
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
-        """Admits one call, or raises Unavailable when the cap is reached or the breaker is open."""
-        # The cap is checked first, so a refused call never uses up a half-open probe.
-        limit = self._policy.max_in_flight
+    def _slot(self) -> Iterator[_Share]:
+        """Admits one call of the current tenant, or raises Unavailable: a cap reached, a breaker open."""
+        tenant = self._tenant()
+        share = self._shares.get(tenant)
+        if share is None:
+            share = self._shares[tenant] = _Share(CircuitBreaker(
+                self._policy.breaker_failures, self._policy.breaker_reset_s, clock=self._clock))
+        try:
+            self._admit(share)
+        except Unavailable:
+            self._forget_idle(tenant, share)
+            raise
+        self.in_flight += 1
+        share.in_flight += 1
+        try:
+            yield share
+        finally:
+            self.in_flight -= 1
+            share.in_flight -= 1
+            self._forget_idle(tenant, share)
+
+    def _admit(self, share: _Share) -> None:
+        # Caps before breakers and the tenant's breaker before the shared one, so a
+        # refused call never uses up a half-open probe it would not have made.
+        limit, per_tenant = self._policy.max_in_flight, self._policy.max_in_flight_per_tenant
         if limit is not None and self.in_flight >= limit:
-            self._observer.rejected("overloaded")
-            raise Unavailable(f"{self.name} has too many calls in flight; retry shortly",
-                              reason="UPSTREAM_OVERLOADED", metadata={"upstream": self.name}, retry_after_s=0.5)
+            self._refuse("overloaded", f"{self.name} has too many calls in flight; retry shortly",
+                         "UPSTREAM_OVERLOADED", 0.5)
+        if per_tenant is not None and share.in_flight >= per_tenant:
+            self._refuse("tenant_limit", f"this tenant has too many calls in flight to {self.name}; retry shortly",
+                         "UPSTREAM_TENANT_LIMIT", 0.5)
+        if not share.breaker.allow():
+            self._refuse("tenant_breaker_open", f"{self.name} keeps running out of time on this tenant's "
+                         "requests; retry later", "UPSTREAM_CIRCUIT_OPEN", share.breaker.retry_after_s(),
+                         scope="tenant")
         allowed = self.breaker.allow()
         self._observer.breaker_state(self.breaker.state)
         if not allowed:
-            self._observer.rejected("breaker_open")
-            raise Unavailable(f"{self.name} is unavailable (circuit open after repeated failures)",
-                              reason="UPSTREAM_CIRCUIT_OPEN", metadata={"upstream": self.name},
-                              retry_after_s=max(round(self.breaker.retry_after_s(), 3), 0.1))
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+            self._refuse("breaker_open", f"{self.name} is unavailable (circuit open after repeated failures)",
+                         "UPSTREAM_CIRCUIT_OPEN", self.breaker.retry_after_s())
 
-    def _succeeded(self) -> None:
+    def _refuse(self, why: str, message: str, reason: str, retry_after_s: float, scope: str = "") -> None:
+        self._observer.rejected(why)
+        metadata = {"upstream": self.name, **({"scope": scope} if scope else {})}
+        raise Unavailable(message, reason=reason, metadata=metadata,
+                          retry_after_s=max(round(retry_after_s, 3), 0.1))
+
+    def _forget_idle(self, tenant: str, share: _Share) -> None:
+        if share.in_flight == 0 and share.breaker.idle and self._shares.get(tenant) is share:
+            del self._shares[tenant]
+
+    def _succeeded(self, share: _Share) -> None:
+        share.breaker.record_success()
         self.breaker.record_success()
         self._observer.breaker_state(self.breaker.state)
 
-    def _failed(self, code: grpc.StatusCode, hop_bound: bool) -> None:
-        """Counts a failed call; a deadline counts only when this hop's own cap ran out.
+    def _failed(self, share: _Share, code: grpc.StatusCode, hop_bound: bool) -> None:
+        """Counts a failed call: a fault of the upstream against the shared breaker, a
+        hop that ran out its own time cap against the tenant's.
 
-        A caller's tight deadline says nothing about the upstream's health; a hop
-        that used up its own cap does.
+        A caller's tight deadline says nothing about anyone; a cancelled call neither.
         """
-        if code in _FAILURE_CODES or (code == grpc.StatusCode.DEADLINE_EXCEEDED and hop_bound):
+        if code in _FAILURE_CODES:
             self.breaker.record_failure()
             if self.breaker.state == CircuitBreaker.OPEN:
                 log.warning("circuit to %s is open", self.name, extra={"upstream": self.name})
-        elif code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
-            self.breaker.record_success()
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if hop_bound:
+                share.breaker.record_failure()
+                if share.breaker.state == CircuitBreaker.OPEN:
+                    log.warning("circuit to %s is open for one tenant (its calls run out of time)", self.name,
+                                extra={"upstream": self.name})
+        elif code != grpc.StatusCode.CANCELLED:
+            self._succeeded(share)
         self._observer.breaker_state(self.breaker.state)

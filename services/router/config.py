@@ -224,6 +224,9 @@ class RouterSettings(ServerSettings):
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Time an open breaker waits before a half-open probe.")
     max_in_flight: int = Field(256, ge=1, description="Most concurrent calls to one upstream; more fail fast.")
+    max_in_flight_per_tenant: int = Field(
+        64, ge=1, description="Most of an upstream's in-flight calls one tenant may hold (a quarter of "
+                              "max_in_flight by default); more of that tenant's fail fast, others' still pass.")
 
     budget_fail_open: bool = Field(
         True, description="When Redis cannot be asked, answer without the budget check (logged, counted) "

@@ -2,7 +2,9 @@
 configured from RouterSettings, reporting to the router's metrics.
 
 Every upstream (guardrails, retrieval, each generation model) has its own Upstream,
-so a failing full model opens only its own circuit and the light model keeps answering.
+so a failing full model opens only its own circuit and the light model keeps answering;
+within each, a tenant holds at most `max_in_flight_per_tenant` of its slots, and the
+tenant's own calls that run out of their hop's time open only that tenant's breaker.
 """
 
 import time
@@ -33,5 +35,6 @@ def upstream_for(name: str, settings: RouterSettings, clock: Callable[[], float]
     """The Upstream of one of the router's upstreams, named as its metrics label it."""
     policy = Policy(breaker_failures=settings.breaker_failures, breaker_reset_s=settings.breaker_reset_s,
                     retry_attempts=settings.retry_attempts, retry_base_delay_s=settings.retry_base_delay_s,
-                    retry_max_delay_s=settings.retry_max_delay_s, max_in_flight=settings.max_in_flight)
+                    retry_max_delay_s=settings.retry_max_delay_s, max_in_flight=settings.max_in_flight,
+                    max_in_flight_per_tenant=settings.max_in_flight_per_tenant)
     return Upstream(name, policy, observer=_Metrics(name), clock=clock)

@@ -52,11 +52,21 @@ class Ports:
     authz_metrics: int = 9161
     ratelimit: int = 50062
     ratelimit_metrics: int = 9162
+    # (gRPC, metrics) ports of further router replicas, beyond `router` and `router_metrics`;
+    # replicas share cache and sessions only through Redis (overrides: router.redis_url).
+    router_replicas: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def free(cls) -> "Ports":
-        """Free ports for every component (tests run beside a running stack)."""
-        return cls(**{f.name: free_port() for f in fields(cls)})
+    def free(cls, routers: int = 1) -> "Ports":
+        """Free ports for every component (tests run beside a running stack), `routers` router replicas."""
+        single = {f.name: free_port() for f in fields(cls) if f.name != "router_replicas"}
+        return cls(**single, router_replicas=tuple((free_port(), free_port()) for _ in range(routers - 1)))
+
+    def routers(self) -> list[tuple[str, int, int]]:
+        """Each router replica's process name, gRPC port and metrics port: `router`, `router-2`, ..."""
+        replicas = [(self.router, self.router_metrics), *self.router_replicas]
+        return [("router" if n == 1 else f"router-{n}", port, metrics)
+                for n, (port, metrics) in enumerate(replicas, start=1)]
 
 
 @dataclass
@@ -128,7 +138,7 @@ class Stack:
         envoy_config.write_text(render(EnvoyParams(
             listen_host=self.listen_host, listen_port=p.envoy, admin_port=p.envoy_admin,
             upstreams={
-                "router": [f"127.0.0.1:{p.router}"],
+                "router": [f"127.0.0.1:{port}" for _, port, _ in p.routers()],
                 "generation": [f"127.0.0.1:{p.generation}"],
                 "guardrails": [f"127.0.0.1:{p.guardrails}"],
                 "retrieval": [f"127.0.0.1:{p.retrieval}"],
@@ -155,13 +165,15 @@ class Stack:
                       self._env("retrieval", port=p.retrieval, metrics_port=p.retrieval_metrics,
                                 qdrant_path=self.var_dir / "qdrant"),
                       grpc_ready(p.retrieval)),
-            Component("router", _python("services.router"),
-                      self._env("router", port=p.router, metrics_port=p.router_metrics,
-                                generation_url=f"127.0.0.1:{p.generation}",
-                                guardrails_url=f"127.0.0.1:{p.guardrails}",
-                                retrieval_url=f"127.0.0.1:{p.retrieval}",
-                                audit_dir=self.var_dir / "audit" / "router"),
-                      grpc_ready(p.router, 60)),
+            # Each replica keeps its own audit log: a log has one writer.
+            *(Component(name, _python("services.router"),
+                        self._env("router", port=port, metrics_port=metrics,
+                                  generation_url=f"127.0.0.1:{p.generation}",
+                                  guardrails_url=f"127.0.0.1:{p.guardrails}",
+                                  retrieval_url=f"127.0.0.1:{p.retrieval}",
+                                  audit_dir=self.var_dir / "audit" / name),
+                        grpc_ready(port, 60))
+              for name, port, metrics in p.routers()),
             *self._workers(grpc_ready),
             Component("openai", _python("services.openai"),
                       self._env("openai", port=p.openai, metrics_port=p.openai_metrics,

@@ -1,11 +1,13 @@
 """Upstream.stream (services/common/resilience.py): retries before the first item only, breaker accounting, slot release."""
 
+import asyncio
 from contextlib import aclosing
 
 import grpc
 import pytest
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.context import tenant_var
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.common.resilience import Deadline, Incomplete, Observer, Policy, Upstream
 
 POLICY = Policy(breaker_failures=2, breaker_reset_s=5.0, retry_attempts=2, retry_base_delay_s=0.001,
@@ -110,3 +112,78 @@ async def test_leaving_a_stream_early_frees_its_slot_and_closes_the_source():
         assert err.value.reason == "UPSTREAM_OVERLOADED" and observer.rejections == ["overloaded"]
     assert closed == [True] and upstream.in_flight == 0
     assert await collect(upstream.stream(start, Deadline(10))) == ["a", "b"]
+
+
+# Tenant isolation: the calling tenant comes from the request context (tenant_var).
+
+TENANT_POLICY = Policy(breaker_failures=2, breaker_reset_s=5.0, retry_attempts=0, max_in_flight=8,
+                       max_in_flight_per_tenant=2)
+
+
+async def as_tenant(tenant: str, awaitable):
+    """Runs `awaitable` in a task of its own whose request context names `tenant`."""
+    async def run():
+        tenant_var.set(tenant)
+        return await awaitable
+    return await asyncio.create_task(run())
+
+
+async def test_hop_timeouts_open_only_the_calling_tenants_breaker():
+    now = [100.0]
+    observer = Recorder()
+    upstream = Upstream("svc", TENANT_POLICY, observer=observer, clock=lambda: now[0])
+    slow, _calls = scripted(*[([], rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED))] * 3)
+    for _ in range(2):
+        with pytest.raises(DeadlineExceeded):
+            await as_tenant("a", collect(upstream.stream(slow, Deadline(10), cap=0.1)))
+    assert upstream.tenant_breaker_state("a") == "open" and upstream.breaker.state == "closed"
+    assert upstream.tracked_tenants() == ["a"]
+    with pytest.raises(Unavailable) as err:
+        await as_tenant("a", collect(upstream.stream(slow, Deadline(10), cap=0.1)))
+    assert err.value.reason == "UPSTREAM_CIRCUIT_OPEN" and err.value.metadata["scope"] == "tenant"
+    assert observer.rejections == ["tenant_breaker_open"]
+    # Meanwhile another tenant's calls pass, and after the reset time tenant a's probe does too.
+    fine, _ = scripted((["ok"], None), (["ok"], None))
+    assert await as_tenant("b", collect(upstream.stream(fine, Deadline(10), cap=0.1))) == ["ok"]
+    now[0] += 5.0
+    assert await as_tenant("a", collect(upstream.stream(fine, Deadline(10), cap=0.1))) == ["ok"]
+    assert upstream.tenant_breaker_state("a") == "closed" and upstream.tracked_tenants() == []
+
+
+async def test_upstream_faults_still_open_the_shared_breaker_for_every_tenant():
+    upstream = Upstream("svc", TENANT_POLICY)
+    down, _ = scripted(*[([], rpc_error(grpc.StatusCode.UNAVAILABLE))] * 2)
+    for tenant in ("a", "b"):
+        with pytest.raises(Unavailable):
+            await as_tenant(tenant, collect(upstream.stream(down, Deadline(10))))
+    assert upstream.breaker.state == "open"
+    untouched, calls = scripted((["never"], None))
+    with pytest.raises(Unavailable) as err:
+        await as_tenant("c", collect(upstream.stream(untouched, Deadline(10))))
+    assert err.value.reason == "UPSTREAM_CIRCUIT_OPEN" and "scope" not in err.value.metadata and calls == []
+
+
+async def test_a_tenant_holds_at_most_its_share_of_the_slots():
+    observer = Recorder()
+    upstream = Upstream("svc", TENANT_POLICY, observer=observer)
+    gate = asyncio.Event()
+
+    async def held(timeout: float):
+        await gate.wait()
+        yield "done"
+
+    holders = [asyncio.create_task(as_tenant("a", collect(upstream.stream(held, Deadline(10)))))
+               for _ in range(2)]
+    while upstream.tenant_in_flight("a") < 2:
+        await asyncio.sleep(0)
+    with pytest.raises(Unavailable) as err:
+        await as_tenant("a", collect(upstream.stream(held, Deadline(10))))
+    assert err.value.reason == "UPSTREAM_TENANT_LIMIT" and observer.rejections == ["tenant_limit"]
+    other = asyncio.create_task(as_tenant("b", collect(upstream.stream(held, Deadline(10)))))
+    while upstream.tenant_in_flight("b") < 1:
+        await asyncio.sleep(0)
+    assert upstream.in_flight == 3
+    gate.set()
+    assert await asyncio.gather(*holders, other) == [["done"]] * 3
+    # Idle tenants are forgotten: the table holds only tenants active right now.
+    assert upstream.in_flight == 0 and upstream.tracked_tenants() == []
