@@ -243,9 +243,11 @@ def test_the_user_field_keeps_each_caller_on_its_canary_variant(stack, base_url)
     set_weights(split, "full@1")
     try:
         # Every replica reads the change within two polls (0.5 s): wait until this one serves it.
+        # The wait asks as full@1's user: full@2 fails some prompts on purpose, and failures
+        # spent here could open its breaker before the loop below starts.
         poll(lambda: caller.chat.completions.with_raw_response.create(
-            model="llmsuite/full", messages=user("Explain how a canary release works."), user=users["full@2"],
-            max_tokens=8).headers["x-llmsuite-model-variant"] != "full", "the canary split served", timeout=10)
+            model="llmsuite/full", messages=user("Explain how a canary release works."), user=users["full@1"],
+            max_tokens=8).headers["x-llmsuite-model-variant"] == "full@1", "the canary split served", timeout=10)
         for variant, name in users.items():
             served = []
             for attempt in range(6):
