@@ -77,7 +77,7 @@ class _Stores:
     @classmethod
     def of(cls, settings: RouterSettings) -> "_Stores":
         if settings.redis_url:
-            redis = RedisStore(settings.redis_url, settings.redis_timeout_s)
+            redis = RedisStore(settings.redis_url, settings.redis_timeout_s, settings.redis_max_connections)
             return cls(redis, redis, redis, redis, RedisCounters(redis.client), RedisJobs(redis.client),
                        RedisState(settings.redis_url, settings.redis_timeout_s), redis)
         return cls(MemoryStore(settings.cache_max_entries), MemoryStore(_MEMORY_SEMANTIC_SCOPES),

@@ -218,6 +218,9 @@ class RouterSettings(ServerSettings):
     guardrails_timeout_s: float = Field(2.0, gt=0, description="Deadline for one guardrails call (capped by the request's).")
     retrieval_timeout_s: float = Field(2.0, gt=0, description="Deadline for one retrieval or embedding call.")
     redis_timeout_s: float = Field(0.5, gt=0, description="Deadline for one Redis command; a slow Redis is skipped.")
+    redis_max_connections: int = Field(8, ge=1, le=256, description=(
+        "Connections one replica keeps to Redis for cache, sessions, budgets and jobs; a command waits "
+        "for a free one within redis_timeout_s."))
     retry_attempts: int = Field(2, ge=0, le=5, description="Retries after an UNAVAILABLE upstream (before any token).")
     retry_base_delay_s: float = Field(0.05, ge=0, description="First retry delay; doubles each retry, with jitter.")
     retry_max_delay_s: float = Field(1.0, ge=0, description="Largest retry delay.")

@@ -145,11 +145,17 @@ class MemoryStore:
 class RedisStore:
     """Redis-backed store; every command is bounded by the client's socket timeout."""
 
-    def __init__(self, url: str, timeout_s: float):
+    def __init__(self, url: str, timeout_s: float, max_connections: int = 8):
         # No client-side retries: a slow or absent Redis must cost one timeout at
         # most, after which the request goes on without cache or session.
-        self._client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                               retry_on_timeout=False, health_check_interval=30)
+        # A bounded pool: an unbounded one opens a connection per concurrent command,
+        # so a burst leaves the replica holding more sockets than before it. Redis
+        # runs commands one at a time, so more connections than this add no
+        # throughput; a command waits for a free one within the same timeout.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry_on_timeout=False, health_check_interval=30)
+        self._client = aioredis.Redis.from_pool(pool)
 
     async def get(self, key: str) -> bytes | None:
         try:
