@@ -1,7 +1,10 @@
 """Cache keys, anchor-term guard, stores and the semantic scan (no processes)."""
 
+import asyncio
+
 import numpy as np
 import pytest
+import redis
 
 from services.router.cache import CachedAnswer, ResponseCache, Scope, exact_key
 from services.router.documents import assemble
@@ -120,6 +123,20 @@ async def test_redis_store_backs_answers_vectors_and_sessions(redis_url):
         assert await sessions.history("globex", "redis-session", 10) == ()
     finally:
         await store.close()
+
+
+@pytest.mark.integration
+async def test_a_burst_of_commands_holds_no_more_connections_than_the_pool(redis_url):
+    store = RedisStore(redis_url, timeout_s=2.0, max_connections=4)  # unbounded, this burst opens 200
+    watcher = redis.Redis.from_url(redis_url)
+    try:
+        before = len(watcher.client_list())
+        await asyncio.gather(*(store.set(f"burst:{n}", b"x" * 64, ttl_s=60) for n in range(200)))
+        assert [await store.get(f"burst:{n}") for n in (0, 199)] == [b"x" * 64] * 2
+        assert len(watcher.client_list()) - before <= 4
+    finally:
+        await store.close()
+        watcher.close()
 
 
 async def test_unreachable_redis_reads_as_a_miss():
