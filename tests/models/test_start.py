@@ -16,6 +16,7 @@ def repository_with(tmp_path, weights_path: str):
     """A copy of the real models' folder serving `light` only, from `weights_path`."""
     folder = tmp_path / "llm"
     shutil.copytree(SOURCE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(SOURCE.parent / "triton_io.py", tmp_path)  # beside llm/, as in models/cpu
     shutil.rmtree(folder / "repository" / "full")
     config = folder / "repository" / "light" / "config.pbtxt"
     override = f'parameters: {{ key: "weights_path" value: {{ string_value: "{weights_path}" }} }}\n'

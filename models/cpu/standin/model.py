@@ -19,20 +19,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_io import RequestError, response, scalar, strings
 from .text import Sampling, StopScanner, count_tokens, fails_on_purpose, pieces
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-class RequestError(Exception):
-    """A request the model cannot run; the message goes back to the caller."""
-
-    def __init__(self, message: str, code=None):
-        super().__init__(message)
-        self.code = pb_utils.TritonError.INVALID_ARG if code is None else code
 
 
 # A version folder may hold this file: a JSON object of parameters that override
@@ -47,33 +39,6 @@ def _parameters(config: dict, version_dir: Path) -> dict[str, str]:
     if overrides.is_file():
         values.update({key: str(value) for key, value in json.loads(overrides.read_text(encoding="utf-8")).items()})
     return values
-
-
-def _scalar(request, name: str, default):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise RequestError(f"input '{name}' must hold one value, got {values.size}")
-    value = values[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
-
-
-def _strings(request, name: str) -> list[str]:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return []
-    return [value.decode("utf-8") for value in tensor.as_numpy().reshape(-1) if value]
-
-
-def _response(text: str, input_tokens: int | None, output_tokens: int | None):
-    tensors = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_))]
-    if input_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[input_tokens]], dtype=np.int32)))
-    if output_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[output_tokens]], dtype=np.int32)))
-    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class TritonPythonModel:
@@ -163,8 +128,8 @@ class TritonPythonModel:
 
     def _generate(self, request, sender):
         """Streams the answer; returns the last response, or None when cancelled."""
-        prompt = _scalar(request, "text_input", "")
-        max_tokens = _scalar(request, "max_tokens", None)
+        prompt = scalar(request, "text_input", "")
+        max_tokens = scalar(request, "max_tokens", None)
         if not prompt.strip():
             raise RequestError("text_input is empty")
         if max_tokens is None or max_tokens < 1:
@@ -173,17 +138,17 @@ class TritonPythonModel:
         input_tokens = count_tokens(prompt)
         if input_tokens > self.max_input_tokens:
             raise RequestError(f"text_input has {input_tokens} tokens; this model takes at most {self.max_input_tokens}")
-        stream = bool(_scalar(request, "stream", False))
+        stream = bool(scalar(request, "stream", False))
         sampling = Sampling(
-            temperature=float(_scalar(request, "temperature", 0.0)),
-            top_p=float(_scalar(request, "top_p", 1.0)),
-            top_k=int(_scalar(request, "top_k", 0)),
-            seed=int(_scalar(request, "seed", 0)),
+            temperature=float(scalar(request, "temperature", 0.0)),
+            top_p=float(scalar(request, "top_p", 1.0)),
+            top_k=int(scalar(request, "top_k", 0)),
+            seed=int(scalar(request, "seed", 0)),
         )
-        counts_in = bool(_scalar(request, "return_num_input_tokens", False))
-        counts_out = bool(_scalar(request, "return_num_output_tokens", False))
-        scanner = StopScanner(_strings(request, "stop_words"))
-        bad_words = _strings(request, "bad_words")
+        counts_in = bool(scalar(request, "return_num_input_tokens", False))
+        counts_out = bool(scalar(request, "return_num_output_tokens", False))
+        scanner = StopScanner(strings(request, "stop_words"))
+        bad_words = strings(request, "bad_words")
 
         produced = 0
         text: list[str] = []
@@ -200,11 +165,11 @@ class TritonPythonModel:
             if not stream:
                 text.append(delta)
             elif delta:
-                sender.send(_response(delta, None, None))
+                sender.send(response(delta, None, None))
             if stopped:
                 break
         text.append(scanner.flush())
         # The last response carries the rest of the text (all of it when not
         # streaming) and the token counts.
-        return _response("".join(text), input_tokens if counts_in else None,
+        return response("".join(text), input_tokens if counts_in else None,
                          produced if counts_out else None)

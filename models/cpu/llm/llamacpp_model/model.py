@@ -15,9 +15,9 @@ import json
 import threading
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from triton_io import RequestError, response, scalar, strings
 from . import settings as model_settings
 from .engine import Engine, Sampling, chat_request
 from .transcript import messages
@@ -26,41 +26,6 @@ from .weights import WeightsError, package_file, verified
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How often the engine's queue (busy slots, waiting requests) is copied to /metrics.
 QUEUE_SAMPLE_S = 0.25
-
-
-class RequestError(Exception):
-    """A request the model cannot run; the message goes back to the caller."""
-
-    def __init__(self, message: str, code=None):
-        super().__init__(message)
-        self.code = pb_utils.TritonError.INVALID_ARG if code is None else code
-
-
-def _scalar(request, name: str, default):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise RequestError(f"input '{name}' must hold one value, got {values.size}")
-    value = values[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
-
-
-def _strings(request, name: str) -> list[str]:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return []
-    return [value.decode("utf-8") for value in tensor.as_numpy().reshape(-1) if value]
-
-
-def _response(text: str, input_tokens: int | None, output_tokens: int | None):
-    tensors = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_))]
-    if input_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[input_tokens]], dtype=np.int32)))
-    if output_tokens is not None:
-        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[output_tokens]], dtype=np.int32)))
-    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def _engine_error(chunk: dict) -> RequestError | None:
@@ -109,7 +74,7 @@ class _Generation:
                 delta = choice.get("delta", {}).get("content")
                 if delta:
                     if self._stream:
-                        self._sender.send(_response(delta, None, None))
+                        self._sender.send(response(delta, None, None))
                     else:
                         self.text.append(delta)
             verbose = chunk.get("__verbose")
@@ -255,30 +220,30 @@ class TritonPythonModel:
 
     def _generate(self, request, sender):
         """Runs the request on the engine; returns the last response, or None when cancelled."""
-        prompt = _scalar(request, "text_input", "")
-        max_tokens = _scalar(request, "max_tokens", None)
+        prompt = scalar(request, "text_input", "")
+        max_tokens = scalar(request, "max_tokens", None)
         if not prompt.strip():
             raise RequestError("text_input is empty")
         if max_tokens is None or max_tokens < 1:
             raise RequestError("max_tokens must be at least 1")
-        if _strings(request, "bad_words"):
+        if strings(request, "bad_words"):
             raise RequestError("bad_words is not supported by the llama.cpp models")
         conversation = messages(prompt)
         if not conversation:
             raise RequestError("text_input holds no message")
         sampling = Sampling(
-            temperature=float(_scalar(request, "temperature", 0.0)),
-            top_p=float(_scalar(request, "top_p", 1.0)),
-            top_k=int(_scalar(request, "top_k", 0)),
-            seed=int(_scalar(request, "seed", 0)),
+            temperature=float(scalar(request, "temperature", 0.0)),
+            top_p=float(scalar(request, "top_p", 1.0)),
+            top_k=int(scalar(request, "top_k", 0)),
+            seed=int(scalar(request, "seed", 0)),
         )
-        counts_in = bool(_scalar(request, "return_num_input_tokens", False))
-        counts_out = bool(_scalar(request, "return_num_output_tokens", False))
+        counts_in = bool(scalar(request, "return_num_input_tokens", False))
+        counts_out = bool(scalar(request, "return_num_output_tokens", False))
         if self._stopping.is_set():
             raise RequestError("the model is shutting down; retry", pb_utils.TritonError.UNAVAILABLE)
 
-        generation = _Generation(request, sender, bool(_scalar(request, "stream", False)), self._stopping)
-        self.engine.chat(chat_request(conversation, max_tokens, sampling, _strings(request, "stop_words")),
+        generation = _Generation(request, sender, bool(scalar(request, "stream", False)), self._stopping)
+        self.engine.chat(chat_request(conversation, max_tokens, sampling, strings(request, "stop_words")),
                          generation.on_chunk)
         if generation.cancelled:
             return None
@@ -287,5 +252,5 @@ class TritonPythonModel:
         if generation.error is not None:
             raise generation.error
         # The last response carries the counts (and, without streaming, all the text).
-        return _response("".join(generation.text), generation.input_tokens if counts_in else None,
+        return response("".join(generation.text), generation.input_tokens if counts_in else None,
                          generation.output_tokens if counts_out else None)

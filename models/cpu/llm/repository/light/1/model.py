@@ -7,6 +7,7 @@ Both models run models/cpu/llm/llamacpp_model/model.py; config.pbtxt parameters
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+# models/cpu/llm holds the models' package; models/cpu, the Triton I/O both repositories share.
+sys.path[:0] = [str(Path(__file__).resolve().parents[3]), str(Path(__file__).resolve().parents[4])]
 
 from llamacpp_model.model import TritonPythonModel  # noqa: E402,F401  (the class Triton looks up)
