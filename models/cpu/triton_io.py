@@ -6,6 +6,8 @@ Imported as Triton's stub imports the models: from models/cpu, which each model
 version's entry point (repository/<model>/<version>/model.py) puts on sys.path.
 """
 
+import threading
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -46,3 +48,79 @@ def response(text: str, input_tokens: int | None, output_tokens: int | None):
     if output_tokens is not None:
         tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[output_tokens]], dtype=np.int32)))
     return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+OUTCOMES = ("completed", "cancelled", "error")
+
+
+class RequestThreads:
+    """Runs each request of a decoupled model on its own thread (decoupled models answer
+    from any thread) and ends every one with the final flag, errors too; counts the
+    requests running and finished by outcome in Triton's /metrics as
+    `<prefix>_active_requests` and `<prefix>_requests_total`, labelled by model and
+    version (each version runs in its own process and counts its own).
+
+    `generate(request, sender)` streams the answer and returns the last response, or
+    None when the caller went away; a RequestError becomes the caller's error."""
+
+    def __init__(self, model: str, version: str, prefix: str, what: str, generate):
+        self._model = model
+        self._generate = generate
+        self._active = 0
+        self._idle = threading.Condition()
+        # The families must outlive their metrics, so they are kept here.
+        self._active_family = pb_utils.MetricFamily(
+            name=f"{prefix}_active_requests", description=f"Requests the {what} is running now",
+            kind=pb_utils.MetricFamily.GAUGE)
+        self._finished_family = pb_utils.MetricFamily(
+            name=f"{prefix}_requests_total",
+            description=f"Requests the {what} finished, by outcome (completed, cancelled, error)",
+            kind=pb_utils.MetricFamily.COUNTER)
+        labels = {"model": model, "version": version}
+        self._active_metric = self._active_family.Metric(labels=labels)
+        self._finished = {outcome: self._finished_family.Metric(labels={**labels, "outcome": outcome})
+                          for outcome in OUTCOMES}
+
+    def start(self, request) -> None:
+        with self._idle:
+            self._active += 1
+            self._active_metric.set(self._active)
+        threading.Thread(target=self._run, args=(request,), daemon=True).start()
+
+    def wait_idle(self, timeout_s: float) -> None:
+        """Waits until every running request has sent its final response."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=timeout_s)
+
+    def _run(self, request) -> None:
+        sender = request.get_response_sender()
+        final = None
+        try:
+            final = self._generate(request, sender)
+            outcome = "completed" if final is not None else "cancelled"
+        except RequestError as err:
+            outcome = "error"
+            final = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), err.code))
+        except Exception as err:  # a bug here must still end the caller's stream
+            if request.is_cancelled():  # sending to a cancelled request fails
+                outcome = "cancelled"
+            else:
+                outcome = "error"
+                pb_utils.Logger.log_error(f"{self._model}: generation failed: {err!r}")
+                final = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self._model}: generation failed"))
+        try:
+            # The final flag travels with the last response, as TensorRT-LLM sends it:
+            # tritonclient's asyncio API cannot ask for an empty final response.
+            if final is None:
+                sender.send(flags=FINAL)
+            else:
+                sender.send(final, flags=FINAL)
+        except pb_utils.TritonModelException as err:
+            pb_utils.Logger.log_warn(f"{self._model}: could not send the final response: {err}")
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._active_metric.set(self._active)
+                self._finished[outcome].increment(1)
+                self._idle.notify_all()

@@ -15,17 +15,13 @@ the canary that the router's automatic rollback is tested against).
 """
 
 import json
-import threading
 import time
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from triton_io import RequestError, response, scalar, strings
+from triton_io import RequestError, RequestThreads, response, scalar, strings
 from .text import Sampling, StopScanner, count_tokens, fails_on_purpose, pieces
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
 
 # A version folder may hold this file: a JSON object of parameters that override
 # config.pbtxt's for that version only (config.pbtxt is shared by all versions).
@@ -53,71 +49,20 @@ class TritonPythonModel:
         # A version made worse on purpose (a canary that must be rolled back): one
         # prompt in fail_every fails as unavailable; 0 never.
         self.fail_every = int(parameters.get("fail_every", "0"))
-        self.log = pb_utils.Logger
-        self._active = 0
-        self._idle = threading.Condition()
         self._stopping = False
-        # The families must outlive their metrics, so they are kept on the model.
-        self._active_family = pb_utils.MetricFamily(
-            name="llmsuite_standin_active_requests",
-            description="Requests the stand-in model is generating for now",
-            kind=pb_utils.MetricFamily.GAUGE)
-        self._finished_family = pb_utils.MetricFamily(
-            name="llmsuite_standin_requests_total",
-            description="Requests the stand-in model finished, by outcome (completed, cancelled, error)",
-            kind=pb_utils.MetricFamily.COUNTER)
-        # Labelled by version too: each version runs in its own process and counts its own.
-        labels = {"model": self.model, "version": args["model_version"]}
-        self._active_metric = self._active_family.Metric(labels=labels)
-        self._finished = {outcome: self._finished_family.Metric(labels={**labels, "outcome": outcome})
-                          for outcome in ("completed", "cancelled", "error")}
+        self.requests = RequestThreads(self.model, args["model_version"], "llmsuite_standin", "stand-in model",
+                                       self._generate)
 
     def execute(self, requests):
         for request in requests:
-            with self._idle:
-                self._active += 1
-                self._active_metric.set(self._active)
-            threading.Thread(target=self._run, args=(request,), daemon=True).start()
+            self.requests.start(request)
         return None
 
     def finalize(self) -> None:
         # Running generations end early with UNAVAILABLE (they check _stopping);
         # waiting for them means every caller gets its final response.
-        with self._idle:
-            self._stopping = True
-            self._idle.wait_for(lambda: self._active == 0, timeout=30)
-
-    def _run(self, request) -> None:
-        sender = request.get_response_sender()
-        final = None
-        try:
-            final = self._generate(request, sender)
-            outcome = "completed" if final is not None else "cancelled"
-        except RequestError as err:
-            outcome = "error"
-            final = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), err.code))
-        except Exception as err:  # a bug here must still end the caller's stream
-            if request.is_cancelled():  # sending to a cancelled request fails
-                outcome = "cancelled"
-            else:
-                outcome = "error"
-                self.log.log_error(f"{self.model}: generation failed: {err!r}")
-                final = pb_utils.InferenceResponse(error=pb_utils.TritonError("stand-in generation failed"))
-        try:
-            # The final flag travels with the last response, as TensorRT-LLM sends it:
-            # tritonclient's asyncio API cannot ask for an empty final response.
-            if final is None:
-                sender.send(flags=FINAL)
-            else:
-                sender.send(final, flags=FINAL)
-        except pb_utils.TritonModelException as err:
-            self.log.log_warn(f"{self.model}: could not send the final response: {err}")
-        finally:
-            with self._idle:
-                self._active -= 1
-                self._active_metric.set(self._active)
-                self._finished[outcome].increment(1)
-                self._idle.notify_all()
+        self._stopping = True
+        self.requests.wait_idle(timeout_s=30)
 
     def _fail_on_purpose(self, prompt: str) -> None:
         """Fails the prompts whose sha256 is a multiple of fail_every: a property of the

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from triton_io import RequestError, response, scalar, strings
+from triton_io import RequestError, RequestThreads, response, scalar, strings
 from . import settings as model_settings
 from .engine import Engine, Sampling, chat_request
 from .transcript import messages
 from .weights import WeightsError, package_file, verified
 
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # How often the engine's queue (busy slots, waiting requests) is copied to /metrics.
 QUEUE_SAMPLE_S = 0.25
 
@@ -124,27 +123,15 @@ class TritonPythonModel:
         self.log.log_info(f"{self.model}: {gguf.name} (sha256 verified) on llama.cpp, "
                           f"{self.settings.slots} slots of {self.settings.context_tokens} tokens")
 
-        self._active = 0
-        self._idle = threading.Condition()
         self._stopping = threading.Event()
-        # The families must outlive their metrics, so they are kept on the model.
-        self._active_family = pb_utils.MetricFamily(
-            name="llmsuite_llm_active_requests",
-            description="Requests the llama.cpp model is running now",
-            kind=pb_utils.MetricFamily.GAUGE)
-        self._finished_family = pb_utils.MetricFamily(
-            name="llmsuite_llm_requests_total",
-            description="Requests the llama.cpp model finished, by outcome (completed, cancelled, error)",
-            kind=pb_utils.MetricFamily.COUNTER)
+        self.requests = RequestThreads(self.model, self.version, "llmsuite_llm", "llama.cpp model", self._generate)
+        # The family must outlive its metrics, so it is kept on the model.
         self._queue_family = pb_utils.MetricFamily(
             name="llmsuite_llm_engine_requests",
             description="Requests in llama.cpp's engine: processing (holding a slot) or deferred (waiting for one)",
             kind=pb_utils.MetricFamily.GAUGE)
         # Labelled by version too: each version runs its own engine and counts its own.
         labels = {"model": self.model, "version": self.version}
-        self._active_metric = self._active_family.Metric(labels=labels)
-        self._finished = {outcome: self._finished_family.Metric(labels={**labels, "outcome": outcome})
-                          for outcome in ("completed", "cancelled", "error")}
         self._queue = {state: self._queue_family.Metric(labels={**labels, "state": state})
                        for state in ("processing", "deferred")}
         self._sampler = threading.Thread(target=self._sample_queue, daemon=True)
@@ -172,51 +159,16 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            with self._idle:
-                self._active += 1
-                self._active_metric.set(self._active)
-            threading.Thread(target=self._run, args=(request,), daemon=True).start()
+            self.requests.start(request)
         return None
 
     def finalize(self) -> None:
         # Running generations end with UNAVAILABLE at their next chunk (they check
         # _stopping); waiting for them means every caller gets its final response.
         self._stopping.set()
-        with self._idle:
-            self._idle.wait_for(lambda: self._active == 0, timeout=30)
+        self.requests.wait_idle(timeout_s=30)
         self._sampler.join(timeout=5)
         self.engine.close()
-
-    def _run(self, request) -> None:
-        sender = request.get_response_sender()
-        final = None
-        try:
-            final = self._generate(request, sender)
-            outcome = "completed" if final is not None else "cancelled"
-        except RequestError as err:
-            outcome = "error"
-            final = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(err), err.code))
-        except Exception as err:  # a bug here must still end the caller's stream
-            if request.is_cancelled():
-                outcome = "cancelled"
-            else:
-                outcome = "error"
-                self.log.log_error(f"{self.model}: generation failed: {err!r}")
-                final = pb_utils.InferenceResponse(error=pb_utils.TritonError("generation failed"))
-        try:
-            # The final flag travels with the last response, as TensorRT-LLM sends it.
-            if final is None:
-                sender.send(flags=FINAL)
-            else:
-                sender.send(final, flags=FINAL)
-        except pb_utils.TritonModelException as err:
-            self.log.log_warn(f"{self.model}: could not send the final response: {err}")
-        finally:
-            with self._idle:
-                self._active -= 1
-                self._active_metric.set(self._active)
-                self._finished[outcome].increment(1)
-                self._idle.notify_all()
 
     def _generate(self, request, sender):
         """Runs the request on the engine; returns the last response, or None when cancelled."""
