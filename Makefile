@@ -26,10 +26,11 @@ $(MODELS): $(DEPS) services/embedding/onnx_model.py $(ADAPTERS)
 	$(PY) -m services.embedding $(ADAPTERS)
 	@mkdir -p build && touch $@
 
-# Debian packages the tests and `make run` start for real.
+# Debian packages the tests and `make run` start for real (prometheus ships promtool).
 $(SYSTEM):
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client)
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null && \
+	  command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client prometheus)
 	@mkdir -p build && touch $@
 
 $(DEPS): requirements.lock pyproject.toml
