@@ -113,7 +113,8 @@ FEEDBACK = Counter(
 )
 FEEDBACK_RATING = Histogram(
     "llmsuite_router_feedback_rating",
-    "Feedback scores on the -1..1 scale (stars 1..5 mapped to -1..1); _sum / _count is the mean.",
+    "Feedback scores on the -1..1 scale (stars 1..5 mapped to -1..1); no _sum (prometheus_client "
+    "leaves it out when buckets go below 0): histogram_quantile gives the median.",
     ["tenant", "variant", "template"], buckets=(-1.0, -0.5, 0.0, 0.5, 1.0),
 )
 TASK_COMPLETION = Counter(
