@@ -14,7 +14,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench \
+.PHONY: setup run run-observed test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench \
         chaos soak
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
@@ -70,6 +70,11 @@ lint: setup
 
 run: setup
 	$(PY) -m services.stack
+
+# The same stack with a real Prometheus beside it (scraping every process, the alert
+# rules loaded); it prints Prometheus's URL (docs/observability.md).
+run-observed: setup
+	$(PY) -m services.stack --prometheus
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
