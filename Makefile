@@ -14,7 +14,7 @@ SYSTEM   := build/.system-deps
 BUF      := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench \
+.PHONY: setup run run-observed test test-unit lint proto clean docs deploy-configs eval-guardrails eval-retrieval eval-routing eval-answers bench \
         chaos soak
 
 setup: $(DEPS) $(STUBS) $(SYSTEM) $(BUF) $(MODELS)
@@ -26,10 +26,11 @@ $(MODELS): $(DEPS) services/embedding/onnx_model.py $(ADAPTERS)
 	$(PY) -m services.embedding $(ADAPTERS)
 	@mkdir -p build && touch $@
 
-# Debian packages the tests and `make run` start for real.
+# Debian packages the tests and `make run` start for real (prometheus ships promtool).
 $(SYSTEM):
-	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client)
+	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null && \
+	  command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client prometheus)
 	@mkdir -p build && touch $@
 
 $(DEPS): requirements.lock pyproject.toml
@@ -69,6 +70,11 @@ lint: setup
 
 run: setup
 	$(PY) -m services.stack
+
+# The same stack with a real Prometheus beside it (scraping every process, the alert
+# rules loaded); it prints Prometheus's URL (docs/observability.md).
+run-observed: setup
+	$(PY) -m services.stack --prometheus
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -68,6 +68,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
         self._limits: dict[str, Limit] = {limit.descriptor: limit for limit in settings.limits}
         self._store_up = True
         STORE_UP.set(1)
+        # Present at 0 from the start, so the dashboard's store-errors rate reads 0, not no data.
+        BACKEND_ERRORS.labels(settings.failure_mode)
 
     def _counter_name(self, name: str, value: str) -> str:
         # The braces are a Redis cluster hash tag: every window of one counter

@@ -162,6 +162,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return handle
 
 
+# How a call the client cancelled reaches its handler: CancelledError where the handler
+# awaited something, GeneratorExit where a stream waited at a `yield` for its message to
+# go out (gRPC then closes the generator). Neither is an error of ours.
+_CANCELLED = (asyncio.CancelledError, GeneratorExit)
+
+
 def _internal_message() -> str:
     return f"internal error (request id {ctx.request_id_var.get()}); it has been logged"
 
@@ -180,7 +186,7 @@ class _Outcome:
         """The status the caller gets for `err`; None when the call was cancelled."""
         if isinstance(err, ServiceError):
             return err.to_rpc_status()
-        if isinstance(err, asyncio.CancelledError):
+        if isinstance(err, _CANCELLED):
             return None
         if isinstance(err, grpc.aio.AbortError):
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -193,7 +199,7 @@ class _Outcome:
             self.code = err.code
             status = err.to_status()
             await context.abort(status.code, status.details, (*status.trailing_metadata, *request_id))
-        if isinstance(err, asyncio.CancelledError):
+        if isinstance(err, _CANCELLED):
             self.code = grpc.StatusCode.CANCELLED
             raise err
         if isinstance(err, grpc.aio.AbortError):

@@ -107,6 +107,9 @@ class Api:
                     message = await call.read()
                     if message is grpc.aio.EOF:
                         raise ApiError(502, "the router ended the stream before its final message", "server_error")
+                # The status follows the final message: waiting for it lets the call end
+                # OK on both sides instead of as our cancellation.
+                await call.code()
                 await response.write(_event(translate.final_chunk(message.final, completion, with_usage=with_usage)))
                 if with_usage:
                     await response.write(_event(translate.usage_chunk(message.final, completion)))

@@ -28,6 +28,7 @@ from services.router.generation_client import GenerationClient
 from services.router.guardrails_client import GuardrailsClient
 from services.router.job_runner import JobRunner, PipelineExecutor, RunnerPolicy
 from services.router.jobs import Jobs, MemoryJobs, RedisJobs
+from services.router.metrics import BUDGET_USD
 from services.router.pipeline import Pipeline
 from services.router.prompt import SecretSource
 from services.router.retrieval_client import RetrievalClient
@@ -113,7 +114,16 @@ def _job_runner(settings: RouterSettings, stores: _Stores, pipeline: Pipeline) -
     return JobRunner(stores.jobs, PipelineExecutor(pipeline), "router", RunnerPolicy(concurrency=settings.job_workers))
 
 
+def export_budgets(settings: RouterSettings) -> None:
+    """The tenants' spend limits as gauges, for the alert on spend per hour (compose/prometheus)."""
+    for tenant, policy in settings.tenants.items():
+        for period, limit in (("day", policy.budget.usd_per_day), ("month", policy.budget.usd_per_month)):
+            if limit:
+                BUDGET_USD.labels(tenant, period).set(limit)
+
+
 def build_service(settings: RouterSettings) -> Service:
+    export_budgets(settings)
     generation = GenerationClient(settings)
     guardrails = GuardrailsClient(settings) if settings.guardrails_url else None
     retrieval = RetrievalClient(settings) if settings.retrieval_url else None

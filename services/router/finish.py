@@ -48,7 +48,7 @@ class Finish:
         cache_key = await self._caching.store(state, answer) if answer.fresh is not None else ""
         if state.request.session_id and (answer.fresh is not None or answer.from_cache):
             await self._remember(state, answer.text, cache_key)
-        cost = self._account(answer)
+        cost = self._account(state, answer)
         record = self._record(state, answer, cost)
         await self._usage.record(record, answer.debit)
         await self._requests.remember(record)
@@ -87,15 +87,16 @@ class Finish:
         when admission refused it)."""
         self._auditing.failed(request, state, err)
 
-    def _account(self, answer: Answer) -> float:
-        """Counts the answer, its tokens and its cost (nothing was generated for a cached one)."""
+    def _account(self, state: RequestState, answer: Answer) -> float:
+        """Counts the answer, its tokens and its cost by tenant and variant (nothing was
+        generated for a cached one)."""
         ANSWERS.labels(TIER_NAMES[answer.tier], answer.model).inc()
         if answer.from_cache:
             return 0.0
         cost = cost_usd(self._settings.prices, answer.model, answer.input_tokens, answer.output_tokens)
-        COST.labels(answer.model).inc(cost)
-        TOKENS.labels(answer.model, "input").inc(answer.input_tokens)
-        TOKENS.labels(answer.model, "output").inc(answer.output_tokens)
+        COST.labels(state.tenant_id, answer.model, answer.variant).inc(cost)
+        TOKENS.labels(state.tenant_id, answer.model, answer.variant, "input").inc(answer.input_tokens)
+        TOKENS.labels(state.tenant_id, answer.model, answer.variant, "output").inc(answer.output_tokens)
         return cost
 
     def _record(self, state: RequestState, answer: Answer, cost: float) -> UsageRecord:

@@ -93,6 +93,9 @@ class GenerationClient:
                 async for message in call:
                     if message.HasField("final"):
                         final = message.final
+                        # The status follows the final message: waiting for it lets the
+                        # call end OK on both sides instead of as our cancellation.
+                        await call.code()
                         yield Completion(final.text, final.finish_reason, final.input_tokens, final.output_tokens,
                                          final.model, final.model_version, time.perf_counter() - started)
                         return

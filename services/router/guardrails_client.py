@@ -55,9 +55,13 @@ class GuardrailsClient:
             call = self._stub.CheckOutputStream(requests(), timeout=timeout, metadata=outgoing_metadata())
             try:
                 async for response in call:
-                    yield response
                     if response.final:
+                        # The status follows the final response: waiting for it lets the
+                        # call end OK on both sides instead of as our cancellation.
+                        await call.code()
+                        yield response
                         return
+                    yield response
                 raise Incomplete
             finally:
                 call.cancel()

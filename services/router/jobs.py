@@ -94,6 +94,16 @@ class Entry:
     index: int
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """The Redis queue now: entries no worker read yet, entries read and not finished,
+    and the age of the oldest of either (0 when empty)."""
+
+    waiting: int
+    pending: int
+    oldest_age_s: float
+
+
 class Jobs(Protocol):
     async def submit(self, tenant: str, key_id: str, idempotency: str, requests: Sequence[bytes],
                      ttl_s: float) -> Submitted: ...
@@ -398,6 +408,20 @@ class RedisJobs:
             pipe.xack(QUEUE, GROUP, *entry_ids)
             pipe.xdel(QUEUE, *entry_ids)
             await self._call("ack", pipe.execute())
+
+    async def queue_stats(self) -> QueueStats:
+        """How much work waits in the queue, and since when (the oldest entry's id is its time)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xlen(QUEUE)
+            pipe.xpending(QUEUE, GROUP)
+            pipe.xrange(QUEUE, count=1)
+            pipe.time()
+            length, pending, oldest, (seconds, micros) = await self._call("stats", pipe.execute())
+        age_s = 0.0
+        if oldest:
+            added_ms = int(oldest[0][0].split(b"-")[0])
+            age_s = max(seconds + micros / 1e6 - added_ms / 1000, 0.0)
+        return QueueStats(length - pending["pending"], pending["pending"], age_s)
 
     async def close(self) -> None:
         return None

@@ -26,6 +26,12 @@ ANSWERS = Counter(
 DEGRADED = Counter(
     "llmsuite_router_degraded_total", "Degraded answers, by reason.", ["reason"],
 )
+# Every reason exists from the start at 0, so a rate over them reads 0 (not "no data")
+# on a healthy router, and an alert or panel on them is valid before the first outage.
+DEGRADED_REASONS = ("full_model_unavailable", "generation_unavailable", "guardrails_unavailable",
+                    "retrieval_unavailable")
+for _reason in DEGRADED_REASONS:
+    DEGRADED.labels(_reason)
 GUARDRAIL_VERDICTS = Counter(
     "llmsuite_router_guardrail_verdicts_total", "Guardrail outcomes, by stage (input, output) and verdict.",
     ["stage", "verdict"],
@@ -51,12 +57,21 @@ OVERHEAD = Histogram(
     "llmsuite_router_overhead_seconds", "Time per request spent outside generation (guardrails, cache, retrieval).",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+# By tenant: tenants are configured, so their number is bounded; variants are too
+# (the rollouts' models, e.g. full@2; the model's name when it has no rollout).
 COST = Counter(
-    "llmsuite_router_cost_usd_total", "Cost of generated answers in US dollars, by model.", ["model"],
+    "llmsuite_router_cost_usd_total", "Cost of generated answers in US dollars, by tenant, model and variant.",
+    ["tenant", "model", "variant"],
 )
 TOKENS = Counter(
-    "llmsuite_router_tokens_total", "Tokens of generated answers, by model and direction (input, output).",
-    ["model", "direction"],
+    "llmsuite_router_tokens_total",
+    "Tokens of generated answers, by tenant, model, variant and direction (input, output).",
+    ["tenant", "model", "variant", "direction"],
+)
+BUDGET_USD = Gauge(
+    "llmsuite_router_budget_usd",
+    "Configured spend limits of the tenants that have one, by tenant and period (day, month): what the "
+    "cost alert compares the spend rate with.", ["tenant", "period"],
 )
 VARIANT_REQUESTS = Counter(
     "llmsuite_router_variant_requests_total",
@@ -98,7 +113,8 @@ FEEDBACK = Counter(
 )
 FEEDBACK_RATING = Histogram(
     "llmsuite_router_feedback_rating",
-    "Feedback scores on the -1..1 scale (stars 1..5 mapped to -1..1); _sum / _count is the mean.",
+    "Feedback scores on the -1..1 scale (stars 1..5 mapped to -1..1); no _sum (prometheus_client "
+    "leaves it out when buckets go below 0): histogram_quantile gives the median.",
     ["tenant", "variant", "template"], buckets=(-1.0, -0.5, 0.0, 0.5, 1.0),
 )
 TASK_COMPLETION = Counter(
@@ -113,4 +129,13 @@ JOB_REQUESTS = Counter(
 )
 JOB_CLAIMS = Counter(
     "llmsuite_jobs_claimed_total", "Queue entries claimed from a worker that stopped answering (XAUTOCLAIM).",
+)
+QUEUE_DEPTH = Gauge(
+    "llmsuite_jobs_queue_depth",
+    "Requests in the Redis job queue, by state: waiting (not read by a worker yet) or pending (read, not "
+    "finished). Exported by workers, read every queue_stats_interval_s.", ["state"],
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "llmsuite_jobs_oldest_age_seconds",
+    "Age of the oldest request in the Redis job queue, waiting or pending; 0 when the queue is empty.",
 )

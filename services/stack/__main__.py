@@ -16,7 +16,8 @@ def _interrupt(*_) -> None:
 
 
 def main() -> None:
-    stack = Stack()
+    # `make run-observed`: Prometheus beside the stack, scraping every 5 s.
+    stack = Stack(scrape_interval_s=5.0 if "--prometheus" in sys.argv[1:] else None)
     # While starting, SIGTERM interrupts like Ctrl-C does: Stack.start stops what it started.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -36,6 +37,10 @@ llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
   grpcurl:  .venv/bin/grpcurl -plaintext 127.0.0.1:{p.envoy} list
   OpenAI:   OpenAI(base_url="http://127.0.0.1:{p.envoy}/v1", api_key=os.environ["LLMSUITE_API_KEY"])
 A process that dies is restarted; Ctrl-C stops everything.""", flush=True)
+    if stack.scrape_interval_s is not None:
+        print(f"""  Prometheus: http://127.0.0.1:{p.prometheus} (targets: /targets, alerts: /alerts; rules in
+              compose/prometheus/alerts.yml, the dashboard's queries in compose/grafana/dashboards)""",
+              flush=True)
     stop = stop_on_signals()
     Supervisor(stack.processes, report=lambda line: print(line, file=sys.stderr, flush=True)).run(stop)
     print("stopping the stack", flush=True)

@@ -18,6 +18,7 @@ from gateway.keys import ensure_dev_key
 from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
 from services.common.config import CONFIG_ENV, load
 from services.common.paths import REPO
+from services.stack import prometheus
 from services.stack.processes import ServiceProcess, free_port
 from services.triton.config import TritonSettings
 
@@ -52,6 +53,8 @@ class Ports:
     authz_metrics: int = 9161
     ratelimit: int = 50062
     ratelimit_metrics: int = 9162
+    # Prometheus, when the stack runs observed (`make run-observed`).
+    prometheus: int = 9090
     # (gRPC, metrics) ports of further router replicas, beyond `router` and `router_metrics`;
     # replicas share cache and sessions only through Redis (overrides: router.redis_url).
     router_replicas: tuple[tuple[int, int], ...] = ()
@@ -102,6 +105,9 @@ class Stack:
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     # The development API key (created on first start, kept under var/gateway).
     api_key: str = ""
+    # Start Prometheus last, scraping every process at this interval with the suite's
+    # alert rules (services/stack/prometheus.py); None: no Prometheus.
+    scrape_interval_s: float | None = None
 
     def _env(self, section: str, **settings) -> dict[str, str]:
         env = _settings_env(section, **{**settings, **self.overrides.get(section, {})})
@@ -122,6 +128,16 @@ class Stack:
                           self._env("worker", port=p.worker, metrics_port=p.worker_metrics,
                                     router_url=f"127.0.0.1:{p.router}", redis_url=self.redis_url()),
                           grpc_ready(p.worker, 60))]
+
+    def _prometheus(self) -> list[Component]:
+        if self.scrape_interval_s is None:
+            return []
+        p = self.ports
+        path = prometheus.write_config(self.var_dir / "prometheus.yml",
+                                       prometheus.scrape_targets(p, workers=bool(self.redis_url())),
+                                       self.scrape_interval_s)
+        return [Component("prometheus", prometheus.command(path, self.var_dir / "prometheus", p.prometheus), {},
+                          lambda proc: proc.wait_http_ok(f"http://127.0.0.1:{p.prometheus}/-/ready", timeout=60))]
 
     def components(self) -> list[Component]:
         from services.triton.launcher import triton_command
@@ -190,6 +206,7 @@ class Stack:
             Component("envoy", [str(envoy_binary()), "-c", str(envoy_config), "--log-level", "warn",
                                 "--disable-hot-restart"], {},
                       lambda proc: proc.wait_grpc_healthy(p.envoy, timeout=60)),
+            *self._prometheus(),
         ]
 
     def start(self, report: Callable[[str], None] = lambda _: None) -> "Stack":

@@ -24,6 +24,7 @@ from services.common.context import KEY_ID_HEADER, REQUEST_ID_HEADER, TENANT_HEA
 from services.common.server import Service
 from services.router.job_runner import JobFailure, JobRunner, RunnerPolicy, item_request_id
 from services.router.jobs import JobRecord, RedisJobs
+from services.router.metrics import QUEUE_DEPTH, QUEUE_OLDEST_AGE
 from services.router.stores import StoreError
 from services.worker.config import WorkerSettings
 
@@ -79,6 +80,21 @@ async def _wait_for_queue(jobs: RedisJobs) -> None:
             delay = min(delay * 2, 2.0)
 
 
+async def export_queue_stats(jobs: RedisJobs, interval_s: float) -> None:
+    """Queue depth and the oldest request's age as gauges; every worker reports the same
+    queue, so dashboards take the max over workers."""
+    while True:
+        try:
+            stats = await jobs.queue_stats()
+        except StoreError as err:
+            log.warning("queue statistics not read: %s", err)
+        else:
+            QUEUE_DEPTH.labels("waiting").set(stats.waiting)
+            QUEUE_DEPTH.labels("pending").set(stats.pending)
+            QUEUE_OLDEST_AGE.set(stats.oldest_age_s)
+        await asyncio.sleep(interval_s)
+
+
 def build_service(settings: WorkerSettings) -> Service:
     if not settings.redis_url:
         raise ConfigError("worker.redis_url (or $REDIS_URL) is required: the job queue lives in Redis; "
@@ -99,6 +115,7 @@ def build_service(settings: WorkerSettings) -> Service:
         await _wait_for_queue(jobs)
         log.info("working as consumer %s", consumer, extra={"consumer": consumer})
         background.append(asyncio.create_task(runner.run()))
+        background.append(asyncio.create_task(export_queue_stats(jobs, settings.queue_stats_interval_s)))
 
     async def close() -> None:
         await runner.stop(settings.grace_seconds)

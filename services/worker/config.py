@@ -28,3 +28,5 @@ class WorkerSettings(ServerSettings):
     budget_wait_max_s: float = Field(60.0, ge=0, description="A request over its tenant's budget waits for the "
                                                              "RetryInfo delay up to this long; longer fails it.")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline of one request sent to the router.")
+    queue_stats_interval_s: float = Field(5.0, gt=0, description="How often the worker reads the queue's depth "
+                                                                  "and oldest entry for its metrics.")

@@ -4,6 +4,9 @@ The handlers here are small test servicers for the generation API: they exist to
 raise each kind of error so the mapping to gRPC status can be checked.
 """
 
+import asyncio
+import logging
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -33,6 +36,14 @@ class ErrorServicer(generation_pb2_grpc.GenerationServiceServicer):
         return generation_pb2.GenerateResponse(text=f"{context.request_id_var.get()}|{context.tenant_var.get()}")
 
     async def GenerateStream(self, request, ctx):
+        if request.model == "endless":
+            # Until the client goes away: each yield waits on the client reading.
+            while True:
+                yield generation_pb2.GenerateStreamResponse(text_delta="a")
+        if request.model == "complete":
+            yield generation_pb2.GenerateStreamResponse(text_delta="a")
+            yield generation_pb2.GenerateStreamResponse(final=generation_pb2.GenerateResponse(text="a"))
+            return
         yield generation_pb2.GenerateStreamResponse(text_delta="a")
         raise InvalidArgument("stopped half way", field="prompt")
 
@@ -161,3 +172,43 @@ def test_the_last_message_of_a_failed_json_stream_carries_the_whole_status():
     assert (message.error.code, message.error.message) == (status.code, "prompt refused")
     assert list(message.error.details) == list(status.details)
     assert error_message_factory("/llmsuite.generation.v1.GenerationService/GenerateStream") is None
+
+
+def _stream_calls(code: str) -> float:
+    labels = {"service": "itest", "method": "GenerateStream", "code": code}
+    return REGISTRY.get_sample_value("llmsuite_rpc_requests_total", labels) or 0
+
+
+async def _until_counted(code: str, before: float) -> None:
+    """The server records a cancelled stream once its handler unwound, after the client left."""
+    async with asyncio.timeout(10):
+        while _stream_calls(code) < before:
+            await asyncio.sleep(0.01)
+
+
+async def test_a_stream_the_client_cancels_counts_as_cancelled_and_logs_no_error(stub, caplog):
+    """The defect of issue 18: a stream left mid-way was logged as an unhandled
+    GeneratorExit and counted INTERNAL, which skewed every error rate."""
+    client, _ = stub
+    cancelled, internal = _stream_calls("CANCELLED"), _stream_calls("INTERNAL")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            call = client.GenerateStream(generation_pb2.GenerateStreamRequest(model="endless"))
+            assert (await call.read()).text_delta == "a"
+            assert (await call.read()).text_delta == "a"
+            call.cancel()
+        await _until_counted("CANCELLED", cancelled + 5)
+    assert _stream_calls("CANCELLED") == cancelled + 5
+    assert _stream_calls("INTERNAL") == internal
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_stream_read_to_its_end_counts_as_ok(stub):
+    client, _ = stub
+    ok = _stream_calls("OK")
+    call = client.GenerateStream(generation_pb2.GenerateStreamRequest(model="complete"))
+    messages = [message async for message in call]
+    assert messages[-1].HasField("final")
+    assert await call.code() == grpc.StatusCode.OK
+    await _until_counted("OK", ok + 1)
+    assert _stream_calls("OK") == ok + 1

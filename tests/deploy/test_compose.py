@@ -343,6 +343,15 @@ def test_prometheus_scrapes_every_metrics_port():
     assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
 
 
+def test_prometheus_loads_the_suites_alert_rules_and_grafana_the_dashboard(services):
+    """The same rules file as `make run-observed` (services/stack/prometheus.py)."""
+    rule_files = yaml.safe_load((COMPOSE / "prometheus" / "prometheus.yml").read_text())["rule_files"]
+    mounts = {v["target"]: Path(v["source"]) for v in volumes_of(services["prometheus"])}
+    assert [mounts[path] for path in rule_files] == [COMPOSE / "prometheus" / "alerts.yml"]
+    grafana = {v["target"]: Path(v["source"]) for v in volumes_of(services["grafana"])}
+    assert grafana["/var/lib/grafana/dashboards"] == COMPOSE / "grafana" / "dashboards"
+
+
 def test_dashboard_queries_use_metrics_the_code_exports():
     dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "llmsuite.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]

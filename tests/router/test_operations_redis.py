@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from llmsuite.inference.v1 import inference_pb2 as pb
 
 from services.router.counters import DAY, MINUTE, MONTH, MemoryCounters, RedisCounters, Subject, window_keys
-from services.router.jobs import COMPLETED, GROUP, QUEUE, RedisJobs
+from services.router.jobs import COMPLETED, GROUP, QUEUE, QueueStats, RedisJobs
 from services.router.sessions import SessionStore
 from services.router.stores import RedisStore
 from services.router.validation import Turn
@@ -158,3 +158,19 @@ async def test_a_pending_entry_is_claimed_once_idle_and_results_are_stored_once(
     assert await jobs.results(job_id) == {0: b"one", 1: b"two"}
     assert await client.xlen(QUEUE) == 0 and (await client.xpending(QUEUE, GROUP))["pending"] == 0
     assert 0 < await client.pttl(f"llmsuite:jobs:{job_id}:results") <= 60_000
+
+
+async def test_queue_stats_count_waiting_and_pending_entries_and_age_the_oldest(client):
+    jobs = RedisJobs(client)
+    await jobs.ensure_group()
+    assert await jobs.queue_stats() == QueueStats(0, 0, 0.0)
+    job_id = (await jobs.submit("acme", "", "k", [request("a"), request("b"), request("c")], 60)).job_id
+    taken = await jobs.take("w", 1, block_s=0.1)
+    stats = await jobs.queue_stats()
+    assert (stats.waiting, stats.pending) == (2, 1)
+    seconds, micros = await client.time()
+    oldest_ms = int(taken[0].entry_id.split("-")[0])
+    assert stats.oldest_age_s == pytest.approx(seconds + micros / 1e6 - oldest_ms / 1000, abs=0.5)
+    await jobs.put_result(job_id, 0, b"one", True)
+    await jobs.ack([taken[0].entry_id])
+    assert (await jobs.queue_stats()).pending == 0
