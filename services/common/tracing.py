@@ -27,7 +27,7 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import Field, field_validator
 
-from services.common.config import Settings, load
+from services.common.config import Settings
 from services.common.context import tenant_var
 
 SECTION = "tracing"
@@ -87,10 +87,9 @@ _tracer: trace.Tracer = trace.NoOpTracer()
 _OFF = nullcontext(trace.INVALID_SPAN)
 
 
-def configure(service: str, settings: TracingSettings | None = None) -> bool:
+def configure(service: str, settings: TracingSettings) -> bool:
     """Turns tracing on for this process when an endpoint is configured; returns whether it did."""
     global _provider, _tracer
-    settings = settings if settings is not None else load(TracingSettings, SECTION)
     if not settings.enabled:
         return False
     # Imported only here: a process without tracing never loads the SDK.
