@@ -28,8 +28,10 @@ DOCUMENTS = [
     retrieval_pb2.Document(id="basil", title="Basil", text="Basil dislikes cold; keep it above twelve degrees."),
 ]
 QUESTION = "How deep should the bulbs of my tulips go, please?"
-# Every process a RAG request passes through, as its spans name it (service.name).
-PATH = {"envoy", "authz", "ratelimit", "router", "guardrails", "retrieval", "generation", "triton"}
+# Every process a RAG request passes through, as its spans name it (service.name). The rate
+# limiter too, but not always: Envoy gives it 0.25 s and goes on without it (fail open), so
+# on a loaded machine its span may be missing; when present, it continues Envoy's.
+PATH = {"envoy", "authz", "router", "guardrails", "retrieval", "generation", "triton"}
 ROUTER_STAGES = {"admit", "input check", "cache", "documents", "generation", "output check"}
 
 
@@ -117,12 +119,13 @@ def test_every_process_on_the_path_has_spans_and_each_hop_continues_its_caller(a
     by_id = {span.span_id: span for span in spans}
     assert PATH <= {span.service for span in spans}
     # A process's first span in the trace has a parent in the process that called it.
-    callers = {"router": "envoy", "authz": "envoy", "ratelimit": "envoy", "guardrails": "router",
-               "retrieval": "router", "generation": "router", "triton": "generation"}
+    callers = {"router": "envoy", "authz": "envoy", "guardrails": "router", "retrieval": "router",
+               "generation": "router", "triton": "generation"}
     for service, caller in callers.items():
         continued = entries(spans, service)
         assert continued, f"no span of {service} continues another process's span"
         assert {by_id[span.parent_id].service for span in continued} == {caller}, service
+    assert {by_id[span.parent_id].service for span in entries(spans, "ratelimit")} <= {"envoy"}
 
 
 def test_the_router_stages_are_spans_with_genai_attributes(answered):
