@@ -116,6 +116,17 @@ class LocalRateLimit:
 
 
 @dataclass
+class Tracing:
+    """Envoy's OpenTelemetry tracer: a span per request (the trace's root) and one per upstream
+    call, exported by OTLP/gRPC to `collector` (host:port); its `traceparent` goes upstream."""
+
+    collector: str
+    # Share of requests traced; the services follow this decision.
+    sample_percent: float = 100.0
+    service_name: str = "envoy"
+
+
+@dataclass
 class EnvoyParams:
     listen_host: str = "0.0.0.0"
     listen_port: int = 8080
@@ -142,6 +153,8 @@ class EnvoyParams:
     idle_timeout: str = "60s"
     max_connections: int = 10_000
     max_heap_bytes: int = 1024 * 1024 * 1024
+    # None: no tracing (no tracer, no collector cluster).
+    tracing: Tracing | None = None
 
 
 def _endpoints(addresses: list[str]) -> list[tuple[str, int]]:
@@ -171,9 +184,15 @@ def render(params: EnvoyParams) -> str:
         openai = {"cluster": OPENAI_CLUSTER, "prefix": OPENAI_PREFIX, "timeout": OPENAI_TIMEOUT,
                   "local_replies": [{"status": status, "type": kind, "code": code}
                                     for status, kind, code in OPENAI_LOCAL_REPLIES]}
+    tracing = None
+    if params.tracing is not None:
+        (host, port), = _endpoints([params.tracing.collector])
+        tracing = {"host": host, "port": port, "sample_percent": params.tracing.sample_percent,
+                   "service_name": params.tracing.service_name}
     template = jinja2.Template(TEMPLATE.read_text(), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return template.render(
         openai=openai,
+        tracing=tracing,
         security=security,
         transcoder={"descriptor_set": params.descriptor_set, "services": JSON_SERVICES}
         if params.descriptor_set else None,

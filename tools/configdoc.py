@@ -27,6 +27,8 @@ SECTIONS = {
     "authz": "gateway.authz.config:AuthzSettings",
     "ratelimit": "gateway.ratelimit.config:RateLimitSettings",
     "openai": "services.openai.config:OpenAISettings",
+    # Read by every process, and by the stack for Envoy's and Triton's flags.
+    "tracing": "services.common.tracing:TracingSettings",
 }
 
 

@@ -6,6 +6,7 @@ import logging
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import tracing
 from services.common.tls import MutualTls
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,13 @@ def use_tls(tls: MutualTls | None) -> None:
 
 def upstream_channel(target: str) -> grpc.aio.Channel:
     """A channel to another suite service: mutual TLS with this workload's certificate
-    when it has one (compose), plaintext otherwise (make run's loopback)."""
+    when it has one (compose), plaintext otherwise (make run's loopback). With tracing
+    on, every call on it is a client span whose context goes out as `traceparent`."""
+    interceptors = tracing.client_interceptors()
     if _tls is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(target, _tls.channel_credentials(), options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, _tls.channel_credentials(), options=CHANNEL_OPTIONS,
+                                   interceptors=interceptors)
 
 
 async def wait_serving(channel: grpc.aio.Channel, upstream: str, service: str = "") -> None:

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import channels, logs
+from services.common import channels, logs, tracing
 from services.common.config import ConfigError, ServerSettings, S, load
 from services.common.interceptor import ServerInterceptor
 from services.common.metrics import serve_metrics
@@ -73,8 +73,10 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 def build_server(service: Service) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Creates the server with health and reflection; binds but does not start it."""
     settings = service.settings
+    # The trace's server span (when tracing is on) encloses everything the call does.
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, settings.default_tenant, settings.tls_allowed_clients)],
+        interceptors=[*tracing.server_interceptors(),
+                      ServerInterceptor(service.name, settings.default_tenant, settings.tls_allowed_clients)],
         options=server_options(settings),
     )
     service.register(server)
@@ -126,6 +128,7 @@ async def serve(service: Service) -> None:
         warm_up.cancel()
         stopping.cancel()
         await service.close()
+        tracing.shutdown()
         log.info("stopped")
 
 
@@ -133,10 +136,12 @@ def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -
     """Entry point of `python -m services.<name>`: load settings, serve until signalled."""
     try:
         settings = load(settings_cls, section)
+        tracing_settings = load(tracing.TracingSettings, tracing.SECTION)
     except ConfigError as err:
         print(f"{section}: {err}", file=sys.stderr)
         sys.exit(2)
     logs.configure(section, settings.log_level)
+    tracing.configure(section, tracing_settings)
 
     # The service's calls to other suite services use its certificate too.
     channels.use_tls(MutualTls.from_settings(settings))

@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import grpc
 from llmsuite.generation.v1 import generation_pb2, generation_pb2_grpc
 
+from services.common import tracing
 from services.common.errors import ServiceError
 from services.common.resilience import Deadline
 from services.common.sampling import Sampling
@@ -41,6 +42,18 @@ def finish_reason(output_tokens: int, max_tokens: int) -> int:
     if output_tokens >= max_tokens:
         return generation_pb2.FINISH_REASON_LENGTH
     return generation_pb2.FINISH_REASON_STOP
+
+
+def _chat_span(job: Job):
+    """The GenAI span of one generation on Triton (a client span: Triton's own spans, when it
+    exports them, are its children)."""
+    return tracing.span(f"chat {job.model}", tracing.chat(job.model, job.sampling.max_tokens),
+                        kind=tracing.SpanKind.CLIENT)
+
+
+def _record_usage(span, response: generation_pb2.GenerateResponse) -> None:
+    tracing.record_usage(span, response.input_tokens, response.output_tokens,
+                         generation_pb2.FinishReason.Name(response.finish_reason))
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
@@ -113,16 +126,22 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Generate(self, request, context):
         job = validate(request, self._settings)
         progress = _Progress()
-        async for _ in self._run(job, progress, self._deadline(context), stream=False):
-            pass
-        return self._final(job, progress)
+        with _chat_span(job) as span:
+            async for _ in self._run(job, progress, self._deadline(context), stream=False):
+                pass
+            response = self._final(job, progress)
+            _record_usage(span, response)
+        return response
 
     async def GenerateStream(self, request, context):
         job = validate(request, self._settings)
         progress = _Progress()
-        async for text in self._run(job, progress, self._deadline(context), stream=True):
-            yield generation_pb2.GenerateStreamResponse(text_delta=text)
-        yield generation_pb2.GenerateStreamResponse(final=self._final(job, progress))
+        with _chat_span(job) as span:
+            async for text in self._run(job, progress, self._deadline(context), stream=True):
+                yield generation_pb2.GenerateStreamResponse(text_delta=text)
+            final = self._final(job, progress)
+            _record_usage(span, final)
+        yield generation_pb2.GenerateStreamResponse(final=final)
 
     async def warm_up(self) -> None:
         """Runs one short generation on every model, retrying until Triton answers.

@@ -18,6 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from services.common import tracing
 from services.common.channels import CHANNEL_OPTIONS
 from services.common.context import REQUEST_ID_HEADER, request_id_var
 from services.common.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
@@ -163,8 +164,10 @@ class TritonGenerator:
         async def one_request():
             yield request
 
-        responses = self.client.stream_infer(one_request(), stream_timeout=timeout_s,
-                                             headers={REQUEST_ID_HEADER: request_id_var.get()})
+        headers = {REQUEST_ID_HEADER: request_id_var.get()}
+        # Triton continues the trace from the stream's headers (its OpenTelemetry mode).
+        tracing.inject(headers)
+        responses = self.client.stream_infer(one_request(), stream_timeout=timeout_s, headers=headers)
         # Token boundaries need not fall on character boundaries.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         finished = False

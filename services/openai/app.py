@@ -18,7 +18,7 @@ from aiohttp import web
 from llmsuite.inference.v1 import inference_pb2_grpc
 from llmsuite.retrieval.v1 import retrieval_pb2_grpc
 
-from services.common import channels, logs
+from services.common import channels, logs, tracing
 from services.common import context as ctx
 from services.common.config import ConfigError, load
 from services.common.metrics import serve_metrics
@@ -74,30 +74,33 @@ def build_app(settings: OpenAISettings, api: Api) -> web.Application:
         started = time.perf_counter()
         # Stays so when the caller leaves (the handler is cancelled) before an answer.
         status = CLIENT_CLOSED
-        try:
+        with tracing.incoming(f"{request.method} {route}", request.headers, {"http.route": route}) as span:
             try:
-                if allowed_clients and _peer_name(request) not in allowed_clients:
-                    log.warning("refused a request from %s", _peer_name(request) or "a caller without a certificate")
-                    raise ApiError(403, "this caller may not call the OpenAI API service; the edge calls it",
-                                   "permission_error", "caller_not_allowed")
-                response = await handler(request)
-            except ApiError as err:
-                if err.status >= 500:
-                    log.warning("answered %d on %s: %s", err.status, route, err.message)
-                response = error_response(err)
-            except web.HTTPException as err:
-                response = error_response(_from_http_exception(err, settings))
-            except ConnectionResetError:
-                raise
-            except Exception:
-                log.exception("unhandled error on %s", route)
-                response = error_response(internal(ctx.request_id_var.get()))
-            status = response.status
-            return response
-        finally:
-            IN_FLIGHT.labels(route).dec()
-            REQUESTS.labels(route, str(status)).inc()
-            DURATION.labels(route, str(status)).observe(time.perf_counter() - started)
+                try:
+                    if allowed_clients and _peer_name(request) not in allowed_clients:
+                        log.warning("refused a request from %s",
+                                    _peer_name(request) or "a caller without a certificate")
+                        raise ApiError(403, "this caller may not call the OpenAI API service; the edge calls it",
+                                       "permission_error", "caller_not_allowed")
+                    response = await handler(request)
+                except ApiError as err:
+                    if err.status >= 500:
+                        log.warning("answered %d on %s: %s", err.status, route, err.message)
+                    response = error_response(err)
+                except web.HTTPException as err:
+                    response = error_response(_from_http_exception(err, settings))
+                except ConnectionResetError:
+                    raise
+                except Exception:
+                    log.exception("unhandled error on %s", route)
+                    response = error_response(internal(ctx.request_id_var.get()))
+                status = response.status
+                return response
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                IN_FLIGHT.labels(route).dec()
+                REQUESTS.labels(route, str(status)).inc()
+                DURATION.labels(route, str(status)).observe(time.perf_counter() - started)
 
     app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[requests])
     app.router.add_post("/v1/chat/completions", api.chat_completions)
@@ -161,16 +164,19 @@ async def serve(settings: OpenAISettings) -> None:
         await runner.cleanup()
         await router_channel.close()
         await retrieval_channel.close()
+        tracing.shutdown()
         log.info("stopped")
 
 
 def main() -> None:
     try:
         settings = load(OpenAISettings, "openai")
+        tracing_settings = load(tracing.TracingSettings, tracing.SECTION)
     except ConfigError as err:
         print(f"openai: {err}", file=sys.stderr)
         sys.exit(2)
     logs.configure("openai", settings.log_level)
+    tracing.configure("openai", tracing_settings)
     # Calls to the router and retrieval present this workload's certificate (compose).
     channels.use_tls(MutualTls.from_settings(settings))
     try:

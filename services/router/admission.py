@@ -14,6 +14,8 @@ import logging
 import time
 
 import numpy as np
+
+from services.common import tracing
 from services.common.context import key_id_var, request_id_var, tenant_var
 from services.common.errors import FailedPrecondition
 from services.common.resilience import Deadline
@@ -81,7 +83,9 @@ class Admission:
         if embed and self._retrieval is not None:
             embedding = asyncio.ensure_future(self._embed(inference.turns[-1].content, deadline))
         try:
-            checked = await self._input_check.check(inference, tenant, deadline, report)
+            with tracing.span("input check") as span:
+                checked = await self._input_check.check(inference, tenant, deadline, report)
+                span.set_attribute("llmsuite.guardrails.verdict", report.verdicts.get("input", "unchecked"))
         except BaseException:
             if embedding is not None:
                 embedding.cancel()

@@ -18,8 +18,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Sequence
 
+from llmsuite.generation.v1 import generation_pb2
 from llmsuite.inference.v1 import inference_pb2
 
+from services.common import tracing
 from services.common.context import request_id_var
 from services.common.errors import Unavailable
 from services.router.budgets import Budgets, Meter
@@ -32,7 +34,7 @@ from services.router.generation_client import GenerationClient, ModelUnavailable
 from services.router.output_check import OutputCheck
 from services.router.prompt import Document, SecretSource, build
 from services.router.rollout import Rollouts
-from services.router.state import RequestState, detail
+from services.router.state import TIER_NAMES, RequestState, detail
 from services.router.tiers import TierChoice
 from services.router.tokens import estimate_added, estimate_tokens, truncate_tokens
 
@@ -164,16 +166,22 @@ class Answering:
                        canary: str) -> AsyncIterator[Delta | Verdict]:
         """One variant's answer through the output check, its outcome observed for the rollouts
         (an answer the budget stopped is neither)."""
-        source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline)
-        checked = self._output_check.run(source, policy=state.tenant.guardrails_policy, canaries=[canary],
-                                         restore_token=state.checked.restore_token, deadline=state.deadline,
-                                         fail_open=state.tenant.guardrails_fail_open)
-        with self._rollouts.observe(candidate.choice.model, candidate.variant) as observation:
-            async with aclosing(checked):
-                async for event in checked:
-                    if isinstance(event, Verdict) and event.completion is not None:
-                        observation.latency_s = event.completion.elapsed_s
-                    yield event
+        attributes = {**tracing.chat(candidate.variant, state.request.sampling.max_tokens),
+                      "llmsuite.tier": TIER_NAMES[candidate.choice.tier]}
+        with tracing.span("generation", attributes) as span:
+            source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline)
+            checked = self._output_check.run(source, policy=state.tenant.guardrails_policy, canaries=[canary],
+                                             restore_token=state.checked.restore_token, deadline=state.deadline,
+                                             fail_open=state.tenant.guardrails_fail_open)
+            with self._rollouts.observe(candidate.choice.model, candidate.variant) as observation:
+                async with aclosing(checked):
+                    async for event in checked:
+                        if isinstance(event, Verdict) and event.completion is not None:
+                            completion = event.completion
+                            observation.latency_s = completion.elapsed_s
+                            tracing.record_usage(span, completion.input_tokens, completion.output_tokens,
+                                                 generation_pb2.FinishReason.Name(completion.finish_reason))
+                        yield event
 
     async def _from_cache(self, state: RequestState, model: str, err: ModelUnavailable,
                           candidates: Sequence[Candidate]) -> Answer:

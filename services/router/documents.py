@@ -8,6 +8,7 @@ from typing import Sequence
 
 from llmsuite.inference.v1 import inference_pb2
 
+from services.common import tracing
 from services.router.prompt import Document
 from services.router.retrieval_client import RetrievalClient
 from services.router.state import UPSTREAM_DOWN, RequestState
@@ -51,18 +52,21 @@ class Documents:
         inference = state.request
         if not inference.retrieval_collection:
             return []
-        # A redacted question is searched as redacted, with its own embedding.
-        try:
-            hits = await self._retrieval.search(
-                inference.retrieval_collection, state.checked.turns[-1].content, inference.retrieval_top_k,
-                inference.retrieval_score_threshold, None if state.checked.redacted else state.vector,
-                state.deadline)
-        except UPSTREAM_DOWN as err:
-            state.deadline.check()
-            log.warning("retrieval unavailable (%s); answering without context", err.message)
-            state.report.degrade("retrieval_unavailable")
-            return []
-        documents = assemble(hits, state.tenant.context_token_budget)
+        with tracing.span("documents", {"llmsuite.retrieval.top_k": inference.retrieval_top_k}) as span:
+            # A redacted question is searched as redacted, with its own embedding.
+            try:
+                hits = await self._retrieval.search(
+                    inference.retrieval_collection, state.checked.turns[-1].content, inference.retrieval_top_k,
+                    inference.retrieval_score_threshold, None if state.checked.redacted else state.vector,
+                    state.deadline)
+            except UPSTREAM_DOWN as err:
+                state.deadline.check()
+                log.warning("retrieval unavailable (%s); answering without context", err.message)
+                state.report.degrade("retrieval_unavailable")
+                span.set_attribute("llmsuite.degraded", "retrieval_unavailable")
+                return []
+            documents = assemble(hits, state.tenant.context_token_budget)
+            span.set_attribute("llmsuite.retrieval.documents", len(documents))
         state.report.sources.extend(
             inference_pb2.Source(document_id=d.document_id, chunk_index=d.chunk_index, score=d.score)
             for d in documents)

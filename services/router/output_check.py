@@ -17,6 +17,7 @@ from typing import AsyncIterator, Awaitable, Sequence, TypeVar
 
 from llmsuite.guardrails.v1 import guardrails_pb2
 
+from services.common import tracing
 from services.common.errors import ServiceError
 from services.common.resilience import Deadline
 from services.router.events import Completion, Delta, Verdict
@@ -144,24 +145,28 @@ class OutputCheck:
 
     async def _checked(self, source: AsyncIterator[Delta | Completion], policy: str, canaries: Sequence[str],
                        restore_token: bytes, deadline: Deadline, fail_open: bool) -> AsyncIterator[Delta | Verdict]:
+        # Generation starts first, outside the output check's span: in the trace the two
+        # run side by side, as they do.
         pump = _Pump(source)
         verdict = Verdict()
         answered = False
         try:
-            try:
-                async with aclosing(pump.alongside(self._responses(pump.chunks(), policy, canaries, restore_token,
-                                                                   deadline))) as responses:
-                    async for response in responses:
-                        answered = True
-                        if response.safe_text:
-                            yield Delta(response.safe_text)
-                        _note(verdict, response)
-            except _Down:
-                deadline.check()
-                if answered or not fail_open:
-                    raise self._guardrails.fail_closed("output") from None
-                log.warning("output guardrails unavailable; tenant fails open, answer goes unchecked")
-                verdict.unchecked = True
+            with tracing.span("output check") as span:
+                try:
+                    async with aclosing(pump.alongside(self._responses(pump.chunks(), policy, canaries,
+                                                                       restore_token, deadline))) as responses:
+                        async for response in responses:
+                            answered = True
+                            if response.safe_text:
+                                yield Delta(response.safe_text)
+                            _note(verdict, response)
+                except _Down:
+                    deadline.check()
+                    if answered or not fail_open:
+                        raise self._guardrails.fail_closed("output") from None
+                    log.warning("output guardrails unavailable; tenant fails open, answer goes unchecked")
+                    verdict.unchecked = True
+                span.set_attribute("llmsuite.guardrails.verdict", verdict.outcome)
             if verdict.unchecked:
                 async for text in pump.rest():
                     yield Delta(text)

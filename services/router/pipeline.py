@@ -14,6 +14,10 @@
              settlement, request log, audit record), metrics, the final
              message; a request that fails gets its audit record there     finish.py, usage.py, auditing.py
 
+Each stage is a span of the request's trace when tracing is on (services/common/tracing.py):
+admit (with the input check inside), cache, documents (RAG only), and per model tried
+generation (with the output check inside).
+
 Degradation: full model down -> light (degraded); retrieval down -> no documents
 (degraded); guardrails down -> fail closed unless the tenant fails open (degraded);
 every model down -> a cached answer (degraded) or UNAVAILABLE with RetryInfo.
@@ -22,6 +26,7 @@ every model down -> a cached answer (degraded) or UNAVAILABLE with RetryInfo.
 import asyncio
 from typing import AsyncIterator
 
+from services.common import tracing
 from services.router.admission import Admission
 from services.router.answer import Answering
 from services.router.auditing import Auditing
@@ -63,8 +68,11 @@ class Pipeline:
         """Yields released text (streaming calls only), then the Final message."""
         state = None
         try:
-            state = await self._admission.admit(request, time_remaining, streaming)
-            answer = await self._caching.lookup(state)
+            with tracing.span("admit"):
+                state = await self._admission.admit(request, time_remaining, streaming)
+            with tracing.span("cache") as span:
+                answer = await self._caching.lookup(state)
+                span.set_attribute("llmsuite.cache.hit", answer is not None)
             if answer is None:
                 documents = await self._documents.find(state)
                 async for event in self._answering.answer(state, documents):

@@ -28,6 +28,8 @@ def main() -> None:
         print(f"the stack did not start: {err}", file=sys.stderr)
         sys.exit(1)
     p = stack.ports
+    tracing = stack.tracing_settings()
+    traces = f"\n  traces:   OTLP to {tracing.otlp_endpoint} (docs/observability.md)" if tracing.enabled else ""
     print(f"""
 llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
   API key (development): {stack.api_key}
@@ -35,7 +37,7 @@ llmsuite is running. Envoy (the edge) listens on 127.0.0.1:{p.envoy}.
   logs:     {stack.var_dir / 'logs'}
   try:      .venv/bin/llmsuite generate "Explain what a token bucket is"
   grpcurl:  .venv/bin/grpcurl -plaintext 127.0.0.1:{p.envoy} list
-  OpenAI:   OpenAI(base_url="http://127.0.0.1:{p.envoy}/v1", api_key=os.environ["LLMSUITE_API_KEY"])
+  OpenAI:   OpenAI(base_url="http://127.0.0.1:{p.envoy}/v1", api_key=os.environ["LLMSUITE_API_KEY"]){traces}
 A process that dies is restarted; Ctrl-C stops everything.""", flush=True)
     if stack.scrape_interval_s is not None:
         print(f"""  Prometheus: http://127.0.0.1:{p.prometheus} (targets: /targets, alerts: /alerts; rules in

@@ -15,9 +15,10 @@ from typing import Callable
 import yaml
 
 from gateway.keys import ensure_dev_key
-from gateway.render import EdgeSecurity, EnvoyParams, envoy_binary, render
+from gateway.render import EdgeSecurity, EnvoyParams, Tracing, envoy_binary, render
 from services.common.config import CONFIG_ENV, load
 from services.common.paths import REPO
+from services.common.tracing import SECTION as TRACING, TracingSettings
 from services.stack import prometheus
 from services.stack.processes import ServiceProcess, free_port
 from services.triton.config import TritonSettings
@@ -102,6 +103,9 @@ class Stack:
     # ($LLMSUITE_CONFIG): lists and maps, which environment variables cannot carry.
     # Empty: the components inherit this process's $LLMSUITE_CONFIG, if any.
     config: dict[str, dict] = field(default_factory=dict)
+    # Where traces go (tests); None: the `tracing` section as the components read it
+    # (LLMSUITE_TRACING_* in this process's environment, or the YAML), by default off.
+    tracing: TracingSettings | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     # The development API key (created on first start, kept under var/gateway).
     api_key: str = ""
@@ -111,9 +115,20 @@ class Stack:
 
     def _env(self, section: str, **settings) -> dict[str, str]:
         env = _settings_env(section, **{**settings, **self.overrides.get(section, {})})
+        if self.tracing is not None:
+            env.update(_settings_env(TRACING, **self.tracing.model_dump()))
         if self.config:
             env[CONFIG_ENV] = str(self.var_dir / "llmsuite.yaml")
         return env
+
+    def tracing_settings(self) -> TracingSettings:
+        """The stack's tracing, as every component sees it (Envoy's and Triton's flags come from it)."""
+        if self.tracing is not None:
+            return self.tracing
+        environ = dict(os.environ)
+        if self.config:
+            environ[CONFIG_ENV] = str(self.var_dir / "llmsuite.yaml")
+        return load(TracingSettings, TRACING, environ=environ)
 
     def redis_url(self) -> str:
         """The router's Redis ($REDIS_URL or a router override); empty: state and jobs stay in the router."""
@@ -143,10 +158,12 @@ class Stack:
         from services.triton.launcher import triton_command
 
         p = self.ports
-        triton_argv, triton_env = triton_command(self.model_repository, p.triton_grpc, p.triton_http, p.triton_metrics)
         if self.config:
             self.var_dir.mkdir(parents=True, exist_ok=True)
             (self.var_dir / "llmsuite.yaml").write_text(yaml.safe_dump(self.config))
+        tracing = self.tracing_settings()
+        triton_argv, triton_env = triton_command(self.model_repository, p.triton_grpc, p.triton_http, p.triton_metrics,
+                                                 otlp_http_url=tracing.otlp_http_url if tracing.enabled else "")
         gateway_dir = self.var_dir / "gateway"
         keys_file = gateway_dir / "keys.yaml"
         self.api_key = ensure_dev_key(keys_file, gateway_dir / "dev-key")
@@ -162,6 +179,7 @@ class Stack:
             },
             security=EdgeSecurity(authz=[f"127.0.0.1:{p.authz}"], ratelimit=[f"127.0.0.1:{p.ratelimit}"]),
             descriptor_set=str(REPO / "gen" / "llmsuite.pb"),
+            tracing=Tracing(tracing.otlp_endpoint, tracing.sample_percent) if tracing.enabled else None,
         )))
 
         def grpc_ready(port: int, timeout: float = 180):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from services.common.config import ConfigError, load
+from services.common.tracing import SECTION as TRACING, TracingSettings
 from services.triton.config import TritonSettings
 from services.triton.launcher import triton_command
 
@@ -16,6 +17,7 @@ from services.triton.launcher import triton_command
 def main() -> None:
     try:
         settings = load(TritonSettings, "triton")
+        tracing = load(TracingSettings, TRACING)
     except ConfigError as err:
         print(f"triton: {err}", file=sys.stderr)
         sys.exit(2)
@@ -25,7 +27,8 @@ def main() -> None:
         sys.exit(2)
     argv, env = triton_command(repository, settings.grpc_port, settings.http_port, settings.metrics_port,
                                host=settings.host, exit_timeout_s=settings.exit_timeout_s,
-                               log_verbose=settings.log_verbose)
+                               log_verbose=settings.log_verbose,
+                               otlp_http_url=tracing.otlp_http_url if tracing.enabled else "")
     print(f"triton: exec {' '.join(argv)}", file=sys.stderr, flush=True)
     os.execve(argv[0], argv, {**os.environ, **env})
 

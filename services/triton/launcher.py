@@ -77,15 +77,29 @@ def resolve_repository(path: Path) -> Path:
     return nested if nested.is_dir() else path
 
 
+def trace_arguments(otlp_http_url: str) -> list[str]:
+    """Triton's OpenTelemetry mode: it traces only the requests whose stream headers carry a
+    trace context (rate 0 samples no others; the generation service sends one only for
+    requests the edge traces), timestamps only: tensors would put prompts in spans."""
+    if not otlp_http_url:
+        return []
+    return ["--trace-config=mode=opentelemetry", "--trace-config=rate=0", "--trace-config=count=-1",
+            "--trace-config=level=TIMESTAMPS", f"--trace-config=opentelemetry,url={otlp_http_url}",
+            "--trace-config=opentelemetry,resource=service.name=triton",
+            # Export within a second (default five): traces are read while the request is fresh.
+            "--trace-config=opentelemetry,bsp_schedule_delay=1000"]
+
+
 def triton_command(model_repository: Path, grpc_port: int, http_port: int, metrics_port: int, *,
                    host: str = "127.0.0.1", exit_timeout_s: int = 10,
-                   log_verbose: int = 0) -> tuple[list[str], dict[str, str]]:
+                   log_verbose: int = 0, otlp_http_url: str = "") -> tuple[list[str], dict[str, str]]:
     """Returns (argv, extra environment) to run tritonserver on `model_repository`.
 
     `model_repository` may also be a folder holding one (models/cpu/llm); see
     resolve_repository().
     Every endpoint binds `host` (loopback by default: Triton has no authentication,
-    so only the generation service should reach it).
+    so only the generation service should reach it). With `otlp_http_url`, Triton
+    exports OpenTelemetry spans there (OTLP/HTTP, the only protocol it speaks).
     """
     site = site_packages()
     backends = prepare_backends()
@@ -112,6 +126,7 @@ def triton_command(model_repository: Path, grpc_port: int, http_port: int, metri
         "--strict-readiness=true",
         f"--exit-timeout-secs={exit_timeout_s}",
         f"--log-verbose={log_verbose}",
+        *trace_arguments(otlp_http_url),
     ]
     libs = str(site / "nvidia_pytriton.libs")
     inherited = os.environ.get("LD_LIBRARY_PATH", "")
