@@ -1,6 +1,7 @@
 """Builds the learned injection signals from the tunable data only.
 
     python -m services.guardrails.train [--data-dir DIR] [--out PATH] [--adapter PATH] [--layers N]
+                                        [--keep-adapter PATH]
 
 Reads the tunable files (injection_train.jsonl, wildguard_benign_train.jsonl,
 piguard_valid.jsonl; never a report-only set) and the suite's own rows in
@@ -22,6 +23,10 @@ highest block point. Then the flag point (below the block point): the best F1 of
 flag-or-block. Both models are then fitted on all rows: the head and the settings
 go to the JSON file, the adapters to the .npz file next to it. The adapters are
 fine-tuned once per fold and once on all rows: about an hour on two CPU cores.
+With --keep-adapter the encoder is not fine-tuned: those adapters are kept, the
+semantic head is refitted per fold and on all rows (a logistic regression on the
+int8 vectors), and the benign cap must also hold on the rows of sources the kept
+adapters were not trained on (their other rows score optimistically).
 Deterministic on one machine: fixed folds and seeds, weights rounded to 5 digits.
 """
 
@@ -291,10 +296,13 @@ def build(directory: Path, adapter_out: Path, layers: int, keep_adapter: Path | 
         return finetune.predict(model, model_dir(), [normalised[i] for i in test])
 
     if keep_adapter is None:
+        # Each fold's encoder is fine-tuned without the rows it scores: all are unseen.
         semantic_out_of_fold = _out_of_fold(tuned_fold, labels, groups)
         adapter_sources = sorted(data.files)
+        unseen = np.ones(len(labels), dtype=bool)
     else:
         adapter_sources = _adapter_sources(keep_adapter)
+        unseen = ~np.isin(data.source, adapter_sources)
         # The encoder stays as trained; only the head is refitted, per fold, on the
         # vectors the service computes (int8, one prompt per pass).
         tuned_embedder = Embedder(quantize=True, threads=2, adapter=keep_adapter)
@@ -305,7 +313,7 @@ def build(directory: Path, adapter_out: Path, layers: int, keep_adapter: Path | 
             return _head().fit(tuned_x[train], labels[train]).predict_proba(tuned_x[test])[:, 1]
         semantic_out_of_fold = _out_of_fold(head_fold, labels, groups)
     cascade = Cascade(labels, rule, {c: _out_of_fold(lexical_fold(c), labels, groups) for c in C_GRID},
-                      semantic_out_of_fold, ~np.isin(data.source, adapter_sources))
+                      semantic_out_of_fold, unseen)
     block = choose_block(cascade)
     flag = choose_flag(cascade, block)
     alone = {"lexical_alone": _scores(labels, cascade.lexical[block["lexical_C"]] >= 0.5),
