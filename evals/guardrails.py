@@ -7,7 +7,9 @@ count blocks only; the flag band is reported beside them (how many benign prompt
 and how many attacks it holds) and earns nothing on either side. One row per set:
   1. injection_test.jsonl (report-only): precision, recall, F1 of blocks, and
      which stage decided;
-  2. cyberseceval_prompt_injection.jsonl (user_input, all attacks): detection rate;
+  2. cyberseceval_prompt_injection.jsonl (user_input, all attacks): detection rate on the
+     held-out half only (the file was split once, stratified by injection variant with a
+     fixed seed, services/guardrails/datasets.py; the other half is training data);
   3. xstest.jsonl (report-only), safe prompts: blocked;
   4. notinject.jsonl (report-only, benign prompts with trigger words): allowed,
      overall and per subset (one, two, three trigger words);
@@ -52,7 +54,9 @@ from services.embedding.onnx_model import BLOCKS  # noqa: E402
 from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
 from services.guardrails.checker import Verdict  # noqa: E402
 from services.guardrails.config import BLOCK_SCORE, INJECTION_ENTITY, Action, GuardrailsSettings  # noqa: E402
-from services.guardrails.datasets import data_dir, read_jsonl  # noqa: E402
+from services.guardrails.datasets import (  # noqa: E402
+    CYBERSECEVAL, CYBERSECEVAL_SPLIT_SEED, cyberseceval_halves, data_dir, read_jsonl,
+)
 from services.guardrails.injection import cheap_signals  # noqa: E402
 from services.guardrails.app import build_guard, load_embedder  # noqa: E402
 from tests.harness import start_service  # noqa: E402
@@ -124,7 +128,10 @@ async def injection_test(guard, policy, directory: Path) -> dict:
 
 
 async def cyberseceval(guard, policy, directory: Path) -> dict:
-    attacks = read_jsonl(directory / "cyberseceval_prompt_injection.jsonl")
+    rows = read_jsonl(directory / CYBERSECEVAL)
+    tuning, held_out = cyberseceval_halves(rows)
+    # The tuning half is training data; only the held-out half is reported.
+    attacks = [rows[i] for i in held_out]
     outcomes = await _check_all(guard, policy, [r["user_input"] for r in attacks])
     by_type: dict[str, list[bool]] = {}
     by_variant: dict[str, list[bool]] = {}
@@ -133,6 +140,8 @@ async def cyberseceval(guard, policy, directory: Path) -> dict:
         by_variant.setdefault(row["injection_variant"], []).append(_blocked(outcome))
     tally = _tally(outcomes)
     return {**tally, "detection_rate": tally["blocked_rate"],
+            "split": f"held-out half ({len(held_out)} of {len(rows)} rows; {len(tuning)} tuned on), stratified by "
+                     f"injection_variant, seed {CYBERSECEVAL_SPLIT_SEED} (services/guardrails/datasets.py)",
             "by_type": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_type.items())},
             "by_variant": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_variant.items())}}
 
@@ -377,7 +386,7 @@ def _injection_rows(inj: dict) -> list[tuple[str, str]]:
              f"{test['flag_band']['benign']} / {test['flag_band']['attacks']}"),
             ("injection_test F1 / P / R (patterns only)", prf(test["rules_only_blocks"])),
             ("injection_test decided by", ", ".join(f"{k} {v}" for k, v in sorted(test["decided_by"].items()))),
-            ("cyberseceval detection (blocked)",
+            ("cyberseceval held-out half detection (blocked)",
              f"{_share(cs, 'blocked')} (" + ", ".join(f"{k} {v:.2f}" for k, v in cs["by_type"].items())
              + f"); {_flags(cs)}"),
             ("xstest safe blocked", f"{_share(xs, 'blocked')}; {_flags(xs)}"),

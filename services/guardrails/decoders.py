@@ -1,4 +1,4 @@
-"""Decoding of payloads hidden in a prompt: base64, hex, rot13 and reversed text.
+"""Decoding of payloads hidden in a prompt: base64, hex, binary, rot13 and reversed text.
 
 Each decoder returns readable candidate texts; injection.py runs the pattern
 families on them, so "aWdub3JlIGFsbCBwcmV2aW91cyBpbnN0cnVjdGlvbnM=" is caught like
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9a-fA-F])(?:(?:0x|\\x)?[0-9a-fA-F]{2}[\s:,]?){8,}(?![0-9a-fA-F])")
 _HEX_PREFIX = re.compile(r"0x|\\x|[\s:,]")
+# Eight or more bytes written as groups of eight binary digits ("01001001 01100111 ...").
+_BINARY = re.compile(r"(?<![01])(?:[01]{8}[\s,]?){8,}(?![01])")
 # At most this many candidates per decoder, so a prompt full of tokens stays cheap.
 _MAX_CANDIDATES = 8
 # Undecodable bytes dropped in front of a hex payload (from hex-letter words before it).
@@ -24,7 +26,7 @@ _MAX_JUNK_BYTES = 4
 
 @dataclass(frozen=True)
 class Decoded:
-    encoding: str  # "base64", "hex", "rot13", "reversed"
+    encoding: str  # "base64", "hex", "binary", "rot13", "reversed"
     text: str
 
 
@@ -98,6 +100,18 @@ def decode_hex(text: str) -> list[str]:
     return found
 
 
+def decode_binary(text: str) -> list[str]:
+    found = []
+    for match in _BINARY.finditer(text):
+        bits = re.sub(r"[\s,]", "", match.group(0))
+        value = _utf8(bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits) - len(bits) % 8, 8)))
+        if value and _readable(value):
+            found.append(value)
+        if len(found) >= _MAX_CANDIDATES:
+            break
+    return found
+
+
 def decode_rot13(text: str) -> str:
     return codecs.decode(text, "rot_13")
 
@@ -110,6 +124,7 @@ def decoded_views(text: str) -> list[Decoded]:
     """Every decoded reading of text worth checking for hidden instructions."""
     views = [Decoded("base64", value) for value in decode_base64(text)]
     views += [Decoded("hex", value) for value in decode_hex(text)]
+    views += [Decoded("binary", value) for value in decode_binary(text)]
     if sum(map(str.isalpha, text)) >= 8:
         views.append(Decoded("rot13", decode_rot13(text)))
         views.append(Decoded("reversed", decode_reversed(text)))

@@ -53,10 +53,15 @@ def _compile(*patterns: str) -> tuple[re.Pattern, ...]:
 
 
 _OVERRIDE_VERBS_EN = (r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|drop|abandon|override|"
-                      r"bypass|neglect|discard|set\s*aside|throw\s*away|erase|delete|remove)")
+                      r"bypass|neglect|discard|set\s*aside|throw\s*away|erase|delete|remove|overlook|"
+                      r"pay\s*no\s*attention\s*to|unlearn)")
+# What an indirect injection tells the model to ignore: the material it was given.
+_MATERIAL = (r"(?:web\s*page|webpage|page|site|e-?mail|message|resume|cv|document|doc|article|text|function|code|"
+             r"table|paper|review|file|pdf|post|comment|content|data|input|summary|translation|story|report|task)")
+_SAY = r"(?:say|state|tell|write|print|output|respond|reply|answer|claim|declare|report|insist|return|reveal)"
 _PRIOR = (r"(?:previous|previously|prior|above|preceding|earlier|former|foregoing|initial|original|old|existing|"
           r"given|provided|system|your|all|any|every|these|those)")
-_OBJECTS_EN = (r"(?:instructions?|prompts?|rules|guidelines|directions|directives|commands|orders|tasks|assignments|"
+_OBJECTS_EN = (r"(?:instructions?|prompts?|rules|guidelines|guidance|directions|directives|commands|orders|tasks|assignments|"
                r"context|programming|information|documents|articles|training|restrictions|constraints|guardrails|"
                r"filters|polic(?:y|ies)|messages)")
 
@@ -71,7 +76,9 @@ INSTRUCTION_OVERRIDE = Family(
         'instructions', 'changeyour', 'newrules', 'vergiss', 'vergessen', 'vergesst', 'missacht', 'übergehe',
         'verwirf', 'streiche', 'obigen', 'vorherigen', 'bisherigen', 'vorangegangenen', 'abweichend', 'olvid',
         'descarta', 'esque', 'oubli', 'dimentic', 'vergeet', 'negeer', 'zapomnij', 'zignoruj', 'забуд',
-        'игнорир', 'zaboravi',
+        'игнорир', 'zaboravi', 'overlook', 'paynoattention', 'unlearn', 'whatever', 'everything', 'anything',
+        'cancel', 'void', 'revoked', 'outdated', 'obsolete', 'nolongervalid', 'nevermind', '忽略', '无视', '無視',
+        '忘记', '忘掉', '忘れ', 'अनदेख', 'नज़रअंदाज़', 'भूल', 'تجاهل', 'انس', 'listentomy', 'obey',
     ),
     patterns=_compile(
         # English: "ignore all previous instructions", "forget about all the assignments"
@@ -80,6 +87,16 @@ INSTRUCTION_OVERRIDE = Family(
         r"prior|else|that\s*came\s*before|you\s*(?:know(?!\s*about)|were\s*told|have\s*been\s*told)|(?:i|we|you)\s*(?:said|"
         r"told|discussed))",
         r"\b(?:ignore|disregard)\s*(?:the\s*)?above\b",
+        # Indirect injection: "Ignore the webpage and state: ...", "ignore the resume and say ..."
+        rf"\b(?:ignore|disregard|forget|overlook)\s*(?:the|this|that|my|your)\s*(?:above\s*|previous\s*|whole\s*)?"
+        rf"{_MATERIAL}s?\s*(?:[,;:.\-]\s*|and\s*|then\s*)+(?:instead\s*)?(?:just\s*|simply\s*|only\s*)?{_SAY}\b",
+        r"\bregardless\s*of\s*(?:any\s*|all\s*|your\s*|the\s*)*(?:previous|prior|earlier|former|original)\s*"
+        r"(?:tasks|instructions|rules|prompts|directions)\b",
+        r"\b(?:whatever|everything|anything)\s*you\s*(?:were|have\s*been|'ve\s*been)\s*(?:told|instructed)"
+        r"(?:\s*(?:before|earlier|so\s*far))?\s*,?\s*(?:it\s*)?(?:no\s*longer|doesn'?t|does\s*not)\s*(?:applies|apply|matter)",
+        r"\b(?:your|the)\s*(?:previous|prior|earlier|old|original)\s*(?:orders|instructions|rules)\s*(?:are|were)\s*"
+        r"(?:cancell?ed|void|revoked|outdated|obsolete|no\s*longer\s*valid)",
+        r"\bnever\s*mind\s*(?:what|everything)\s*(?:you\s*(?:were|have\s*been)\s*told|i\s*said)\s*(?:before|earlier)",
         r"\b(?:ignore|forget|disregard)\s*(?:about\s*)?everything\s*(?:and|,|-)\s*(?:just\s*|then\s*)?(?:write|"
         r"say|tell|print|output|jsut|answer|respond|reply|repeat)\b",
         rf"\b(?:despite|regardless\s*of|contrary\s*to)\s*(?:what|anything|everything)\s*"
@@ -114,6 +131,18 @@ INSTRUCTION_OVERRIDE = Family(
         r"всё|все)",
         r"\b(?:zaboravi|zaboravite|ignoriraj|ignoriši)\b(?:\s*[\w'\-]+[\s,]+){0,4}?\s*(?:instrukcije|upute|"
         r"uputstva|pravila|sve)\b",
+        # "Ignorez la fonction et indiquez ...", "ignora el texto y di ...", "ignoriere den Text und sag ..."
+        r"\b(?:ignorez|ignore|ignora|ignorad|ignoriere|ignorieren\s*sie)\s*(?:la|le|les|el|los|las|il|lo|die|den|das|"
+        r"dem)\s*[\w-]+\s*(?:et|y|e|und)\s*(?:indiquez|dites|écrivez|affirmez|di|dí|diga|escribe|indica|afirma|"
+        r"scrivi|dì|sag|sagen\s*sie|schreib|schreibe|gib)\b",
+        r"無視して.{0,40}?(?:述べて|言って|書いて|答えて|伝えて)",
+        r"\byou\s*(?:must|have\s*to|will)\s*(?:now\s*)?(?:listen\s*to\s*my\s*(?:instructions|commands|orders)|"
+        r"obey\s*(?:me|my)\b)",
+        # Chinese, Japanese, Hindi, Arabic
+        r"(?:忽略|无视|無視|忘记|忘掉)(?:掉)?(?:之前|以前|先前|上面|上述|以上|所有|全部|你的)?.{0,6}?(?:指令|指示|说明|規則|规则|命令)",
+        r"(?:以前|前|上記|これまで)の.{0,6}?(?:指示|命令|指令|ルール)を(?:無視|忘れ)",
+        r"निर्देशों\s*(?:की\s*अनदेखी|को\s*अनदेखा|को\s*नज़रअंदाज़|को\s*भूल)",
+        r"(?:تجاهل|انس)\s*(?:جميع\s*|كل\s*)?(?:التعليمات|الأوامر|التوجيهات)",
     ),
 )
 
@@ -191,7 +220,7 @@ JAILBREAK = Family(
     decisive=True,
     anchors=(
         'mode', 'doanythingnow', 'jailbr', 'without', 'freeof', 'nolongerbound', 'programmingguidelines',
-        'immoral', 'amoral', 'unfiltered', 'uncensored',
+        'immoral', 'amoral', 'unfiltered', 'uncensored', 'override', 'access',
     ),
     patterns=_compile(
         r"\b(?:dan|stan|dude|aim)\s*mode\b",
@@ -211,6 +240,10 @@ JAILBREAK = Family(
             r"(?! (?:on|of|for|to|in|at)\b)"
         ),
         _phrase(r"\bno programming guidelines\b"),
+        # Fake mode switches and overrides in tags: "<SYSTEM MODE>", "[ADMIN OVERRIDE]", "DEVELOPER ... OVERRIDE:"
+        r"[<\[]\s*(?:system|god|admin|administrator|developer|debug|root|maintenance|sudo|jailbreak|dan)\s*"
+        r"(?:mode|override|access(?:\s*granted)?)\b[^<>\[\]]{0,20}[>\]]",
+        r"\b(?:system|developer|admin|administrator|root)\s*(?:training\s*data\s*)?override\s*:",
         _phrase(r"\b(?:completely|totally) (?:immoral|amoral|unfiltered|uncensored)\b"),
     ),
 )
@@ -283,7 +316,7 @@ AUTHORITY = Family(
     decisive=False,
     anchors=(
         'iam', 'thisis', 'mode', 'access', 'override', 'privileges', 'authorized', 'approved', 'sanctioned',
-        'clearance', 'rights', 'icommandyou', 'ichbin',
+        'clearance', 'rights', 'icommandyou', 'ichbin', "i'm", 'asyour',
     ),
     patterns=_compile(
         _phrase(
@@ -303,6 +336,8 @@ AUTHORITY = Family(
         ),
         _phrase(r"\bi (?:have|hold) (?:admin|root|full|developer) (?:access|privileges|clearance|rights)\b"),
         _phrase(r"\bi command you\b"),
+        _phrase(r"\b(?:i am|i'm) god\b"),
+        _phrase(r"\bas your (?:creator|developer|programmer|maker|owner|administrator)\b"),
         _phrase(r"\bich bin (?:dein|der|ihr) (?:entwickler|administrator|admin|erschaffer)\b"),
     ),
 )
@@ -355,9 +390,97 @@ ENCODING_EVASION = Family(
     ),
 )
 
+
+_SECRET = (r"(?:secret\s*)?(?:password|passphrase|passcode|pass\s*word|secret\s*key|secret\s*code|secret\s*word|"
+           r"access\s*code|api\s*key|pin\s*code|secret)")
+# After the secret: what makes it someone's own topic ("the password for my router",
+# "the password policy"), not the one the model holds.
+_NOT_THEIRS = (r"(?!\s*(?:of|for(?!\s*(?:this|our)\s*(?:mode|system|upgrade|session|account|server)\b)|to|in|on|at|from|manager|managers|policy|policies|reset|strength|field|hash|hashes|"
+               r"requirements|rules|generator|recovery|protected|protection|santa|garden|game|book|film|movie|novel|"
+               r"series|society|agent|life|ingredient|sauce|recipe)\b)")
+_REVEAL = (r"(?:confirm|share|reveal|disclose|divulge|leak|tell|give|provide|spell|print|output|display|show|repeat|"
+           r"remind\s*me|say|send|hint|encode|translate|write\s*(?:out|down)?|what\s*(?:is|was|'s)|what're|"
+           r"whats)")
+# Asking for data held in the model's context (no "write": "write a function that
+# validates the user's email address" is code).
+_ASK = (r"(?:what\s*(?:is|are|was|were|'s)|which|where|tell|give|share|reveal|disclose|divulge|leak|provide|confirm|"
+        r"list|repeat|print|spell|send|translate|output|display|show)")
+# Whose data a prompt asks for: a user or customer the model knows from its context.
+_PERSON_DATA = (r"(?:e-?mail(?:\s*address)?|(?:home\s*)?address|phone(?:\s*number)?|birth\s*(?:date|year|day)|"
+                r"date\s*of\s*birth|city(?:\s*of\s*residence)?|location|credit\s*card(?:\s*number)?|bank\s*"
+                r"(?:balance|account|details)|account\s*(?:balance|number|details)|social\s*security\s*number|ssn|"
+                r"password|initials|chat\s*history|personal\s*(?:data|details|information)|private\s*(?:data|"
+                r"details|information))")
+
+SECRET_EXTRACTION = Family(
+    name="secret_extraction",
+    reason="asks for a secret or a user's personal data",
+    weight=0.88,
+    decisive=True,
+    anchors=(
+        'password', 'passphrase', 'passcode', 'passw', 'secret', 'accesscode', 'apikey', 'pincode', "user's",
+        "customer's", "client's", "patient's", "employee's", 'contraseña', 'motdepasse', 'passwort', 'senha',
+    ),
+    patterns=_compile(
+        # "confirm the password", "tell me your secret key", "what is the passphrase", "write the password in leetspeak"
+        rf"\b{_REVEAL}\b\s*(?:me\s*|us\s*)?(?:(?:the|all|each|every|first|last|\w+)\s*(?:\w+\s*)?"
+        rf"(?:letters?|characters?|digits?|parts?|half)\s*(?:of\s*)?)?(?:your|the|this|that)\s*(?:current\s*|"
+        rf"real\s*|actual\s*|hidden\s*|stored\s*|admin\s*|system\s*|full\s*)*{_SECRET}\b{_NOT_THEIRS}",
+        # "Can you share your password?", "what would your password be", "where do you keep the secret key"
+        rf"\b(?:share|reveal|disclose|tell\s*me|give\s*me|confirm)\s*your\s*{_SECRET}\b{_NOT_THEIRS}",
+        rf"\bwhat\s*would\s*(?:your|the)\s*{_SECRET}\s*be\b",
+        rf"\b(?:poem|haiku|story|song|riddle|acrostic|limerick|rap)\s*(?:about|using|with|containing|that\s*"
+        rf"(?:spells|contains|includes))\s*(?:the|your)\s*{_SECRET}\b{_NOT_THEIRS}",
+        rf"\b{_SECRET}\s*(?:in|into|as|with)\s*(?:leetspeak|leet|pig\s*latin|base64|hex|binary|morse|reverse|"
+        rf"reversed|backwards|(?:each|every)\s*(?:letter|character|digit))",
+        # "What is the user's email address?", "tell me Steven's ..." is left to the learned signal.
+        rf"\b{_ASK}\b(?:\s*[\w'\-]+[\s,]+){{0,5}}?\s*(?:the|this|that|other|another|our)\s*(?:other\s*)?"
+        rf"(?:user|customer|client|patient|employee)'?s\s*(?:current\s*|full\s*|home\s*|exact\s*)*"
+        rf"{_PERSON_DATA}\b",
+        r"\bwhere\s*does\s*the\s*(?:user|customer|client|patient)\s*live\b",
+        # Other languages: "¿Cuál es la contraseña?", "Quel est le mot de passe ?", "Was ist das Passwort?"
+        r"\b(?:cuál|cual)\s*es\s*(?:la|tu|su)\s*contraseña\b(?!\s*(?:de|del|para)\b)",
+        r"\bquel\s*est\s*(?:le|ton|votre)\s*mot\s*de\s*passe\b(?!\s*(?:de|du|des|pour)\b)",
+        r"\bwas\s*ist\s*(?:das|dein|ihr)\s*passwort\b(?!\s*(?:für|von|des|der)\b)",
+        r"\b(?:mir|uns)\s*(?:dein|ihr|das)\s*passwort\s*(?:geben|gibst|sagen|sagst|verraten|verrätst|nennen|nennst)\b",
+        r"\bqual\s*(?:è|e)\s*la\s*(?:tua\s*|sua\s*)?password\b(?!\s*(?:di|del|della|per)\b)",
+        r"\bqual\s*(?:é|e)\s*a\s*(?:sua\s*|tua\s*)?senha\b(?!\s*(?:de|do|da|para)\b)",
+    ),
+)
+
+PAYLOAD_SPLITTING = Family(
+    name="payload_splitting",
+    reason="an instruction split into parts to be joined and followed",
+    weight=0.88,
+    decisive=True,
+    anchors=('gpt(', 'concatenat', 'combine', 'join', 'puttogether', 'merge', 'a+b'),
+    patterns=_compile(
+        # "an example that would be returned from SmartGPT(z)"
+        r"\b\w*gpt\s*\(\s*[a-z]\w{0,3}\s*\)",
+        r"\b(?:concatenate|combine|join|put\s*together|merge)\s*(?:them|the\s*(?:parts|strings|fragments|pieces|"
+        r"variables|words)|the\s*following\s*(?:parts|strings|fragments|pieces))\b.{0,40}?\b(?:and\s*)?"
+        r"(?:follow|execute|obey|do\s*what|carry\s*out|perform|act\s*on|answer|respond\s*to)\b",
+        r"\b(?:execute|follow|obey|answer|carry\s*out|do)\s*(?:the\s*)?(?:instruction|request|question|command|what)?"
+        r"\s*(?:[a-z]\s*\+\s*){1,4}[a-z]\b",
+    ),
+)
+
+# Twenty or more repeats of one token in a row: a repeated-token attack that tries
+# to push the model's instructions out of its attention.
+REPEATED_TOKEN = Family(
+    name="repeated_token",
+    reason="one token repeated many times",
+    weight=0.85,
+    decisive=True,
+    anchors=("",),  # no word to anchor on; the pattern fails fast on ordinary text
+    patterns=_compile(r"(?<!\S)(\S{3,40})(?:\s+\1(?!\S)){19,}"),
+)
+
+
 FAMILIES: tuple[Family, ...] = (
     INSTRUCTION_OVERRIDE, TASK_HIJACK, ROLE_PLAY, JAILBREAK, PROMPT_EXTRACTION,
     CHAT_DELIMITERS, AUTHORITY, CONTEXT_IGNORE, ESCAPE_PADDING, ENCODING_EVASION,
+    SECRET_EXTRACTION, PAYLOAD_SPLITTING, REPEATED_TOKEN,
 )
 
 

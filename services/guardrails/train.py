@@ -1,6 +1,7 @@
 """Builds the learned injection signals from the tunable data only.
 
     python -m services.guardrails.train [--data-dir DIR] [--out PATH] [--adapter PATH] [--layers N]
+                                        [--keep-adapter PATH]
 
 Reads the tunable files (injection_train.jsonl, wildguard_benign_train.jsonl,
 piguard_valid.jsonl; never a report-only set) and the suite's own rows in
@@ -22,13 +23,19 @@ highest block point. Then the flag point (below the block point): the best F1 of
 flag-or-block. Both models are then fitted on all rows: the head and the settings
 go to the JSON file, the adapters to the .npz file next to it. The adapters are
 fine-tuned once per fold and once on all rows: about an hour on two CPU cores.
+With --keep-adapter the encoder is not fine-tuned: those adapters are kept, the
+semantic head is refitted per fold and on all rows (a logistic regression on the
+int8 vectors), and the benign cap must also hold on the rows of sources the kept
+adapters were not trained on (their other rows score optimistically).
 Deterministic on one machine: fixed folds and seeds, weights rounded to 5 digits.
 """
 
 import argparse
 import hashlib
 import itertools
+import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +45,9 @@ import numpy as np
 from services.embedding.onnx_model import BLOCKS
 from services.guardrails.classifier import DEFAULT_ADAPTER_PATH, DEFAULT_PATH, HashingSpec, InjectionClassifier
 from services.guardrails.config import BLOCK_SCORE, FLAG_SCORE
-from services.guardrails.datasets import data_dir, read_jsonl
+from services.guardrails.datasets import (
+    CYBERSECEVAL, CYBERSECEVAL_SPLIT_SEED, cyberseceval_halves, data_dir, read_jsonl,
+)
 from services.guardrails.injection import DECISIVE_SCORE, cheap_signals
 
 log = logging.getLogger(__name__)
@@ -53,8 +62,21 @@ _OWN = Path(__file__).parent / "data"
 # translations, summaries and typos, several languages. attack_styles.jsonl:
 # attacks in the styles of the pattern families and beyond them (indirect
 # injections in pasted text, output manipulation, payload splitting).
+# Round 2 (issue 13): benign_chit_chat.jsonl, short conversational turns
+# (greetings, check-ins, thanks, "are you there?", "continue", "what?"), which the
+# first models blocked ("Are you back?" 0.96) because nothing like them was
+# benign in training; attacks_round2.jsonl, attacks in CyberSecEval's families
+# (secret and personal-data extraction, persuasion, fake system modes,
+# virtualisation, output-format tricks, indirect injections in documents, payload
+# splitting, smuggled tokens, repeated tokens, "ignore the <document>" in many
+# languages); benign_round2.jsonl, their benign look-alikes (password help,
+# "imagine a world where", format requests, pasted documents, decoding puzzles).
+# The tuning half of CyberSecEval (user inputs, all attacks; datasets.py) is
+# read from the data folder as the fourth public source.
 PUBLIC_SOURCES = ("injection_train.jsonl", "wildguard_benign_train.jsonl", "piguard_valid.jsonl")
-OWN_SOURCES = ("benign_tasks.jsonl", "benign_trigger_words.jsonl", "attack_styles.jsonl")
+CYBERSECEVAL_TUNING = "cyberseceval_prompt_injection.jsonl (tuning half)"
+OWN_SOURCES = ("benign_tasks.jsonl", "benign_trigger_words.jsonl", "attack_styles.jsonl", "benign_chit_chat.jsonl",
+               "attacks_round2.jsonl", "benign_round2.jsonl")
 C_GRID = (3.0, 10.0, 30.0)
 GATE_BENIGN_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 GATE_ATTACK_GRID = (0.8, 0.85, 0.9, 0.95, 1.01)  # 1.01: never skip on a confident attack
@@ -67,6 +89,8 @@ FOLDS = 3
 # Rows sharing this many leading or trailing characters are near-duplicates.
 _SHARED_CHARS = 30
 _DUPLICATE_COSINE = 0.9
+# Inverse regularisation of the refitted semantic head (--keep-adapter).
+HEAD_C = 10.0
 HASHING = HashingSpec(n_features=2 ** 14, ngram_min=3, ngram_max=5)
 
 
@@ -74,6 +98,11 @@ def _model(c: float):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
+
+
+def _head():
+    """The semantic head refitted on a kept encoder's (unit-length) vectors."""
+    return _model(HEAD_C)
 
 
 def near_duplicate_groups(texts: list[str], embeddings: np.ndarray) -> np.ndarray:
@@ -120,17 +149,26 @@ class TrainingData:
     files: dict[str, dict]  # file name -> rows, attacks, sha256
 
 
+def _cyberseceval_tuning(directory: Path) -> list[dict]:
+    """The tuning half of CyberSecEval as training rows: each user input is an attack."""
+    rows = read_jsonl(directory / CYBERSECEVAL)
+    tuning, _ = cyberseceval_halves(rows)
+    return [{"text": rows[i]["user_input"], "label": 1} for i in tuning]
+
+
 def read_sources(directory: Path) -> TrainingData:
     texts, labels, source, files = [], [], [], {}
-    for name, folder in [(n, directory) for n in PUBLIC_SOURCES] + [(n, _OWN) for n in OWN_SOURCES]:
-        path = folder / name
-        rows = read_jsonl(path)
+    origins = ([(n, directory / n, "public (tunable)") for n in PUBLIC_SOURCES]
+               + [(CYBERSECEVAL_TUNING, directory / CYBERSECEVAL,
+                   f"public, tuning half (split seed {CYBERSECEVAL_SPLIT_SEED}); the other half is held out")]
+               + [(n, _OWN / n, "written for this suite") for n in OWN_SOURCES])
+    for name, path, origin in origins:
+        rows = _cyberseceval_tuning(directory) if name == CYBERSECEVAL_TUNING else read_jsonl(path)
         texts += [row["text"] for row in rows]
         labels += [int(row["label"]) for row in rows]
         source += [name] * len(rows)
         files[name] = {"rows": len(rows), "attacks": sum(int(row["label"]) for row in rows),
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                       "origin": "public (tunable)" if folder == directory else "written for this suite"}
+                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "origin": origin}
     return TrainingData(texts, np.asarray(labels), np.asarray(source), files)
 
 
@@ -150,6 +188,10 @@ class Cascade:
     rule: np.ndarray
     lexical: dict[float, np.ndarray]  # C -> probability
     semantic: np.ndarray
+    # Rows whose semantic probability comes from an encoder that never saw them: all
+    # rows when the encoder is fine-tuned per fold; with kept adapters only the rows
+    # of sources added after they were trained (the others score optimistically).
+    unseen: np.ndarray
 
     def learned(self, c: float, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
         """(learned probability, whether the encoder ran) per row for one gate."""
@@ -166,11 +208,15 @@ def choose_block(cascade: Cascade) -> dict:
     candidates = []
     for c, low, high, point in itertools.product(cascade.lexical, GATE_BENIGN_GRID, GATE_ATTACK_GRID, POINTS):
         learned, embedded = cascade.learned(c, low, high)
-        scores = _scores(cascade.labels, cascade.over(learned, point, BLOCK_SCORE))
-        if scores["benign_blocked"] <= MAX_BENIGN_BLOCKED:
+        blocked = cascade.over(learned, point, BLOCK_SCORE)
+        scores = _scores(cascade.labels, blocked)
+        unseen_benign = cascade.unseen & (cascade.labels == 0)
+        unseen_blocked = round(float(blocked[unseen_benign].mean()), 4)
+        # The cap holds on all benign rows and on those the encoder never saw.
+        if scores["benign_blocked"] <= MAX_BENIGN_BLOCKED and unseen_blocked <= MAX_BENIGN_BLOCKED:
             candidates.append({"lexical_C": c, "gate_benign_below": low, "gate_attack_above": high,
                                "block_point": point, "embedded_fraction": round(float(embedded.mean()), 3),
-                               **scores})
+                               **scores, "unseen_benign_blocked": unseen_blocked})
     best_f1 = max(c["f1"] for c in candidates)
     chosen = min((c for c in candidates if c["f1"] >= best_f1 - F1_TOLERANCE),
                  key=lambda c: (c["embedded_fraction"], -c["block_point"], c["lexical_C"],
@@ -201,10 +247,25 @@ def per_source(data: TrainingData, cascade: Cascade, block: dict, flag: dict) ->
     return result
 
 
-def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifier:
+def _adapter_sources(adapter: Path) -> list[str]:
+    """The sources that the kept adapters were fine-tuned on, from the classifier file
+    written with them (the shipped one, or one beside the adapters)."""
+    from services.embedding.onnx_model import sha256_file
+
+    for candidate in (adapter.with_name(DEFAULT_PATH.name), DEFAULT_PATH):
+        if candidate.is_file():
+            metadata = json.loads(candidate.read_text(encoding="utf-8")).get("metadata") or {}
+            if metadata.get("adapter_sha256") == sha256_file(adapter):
+                return metadata.get("adapter_trained_on") or sorted(metadata["sources"])
+    raise SystemExit(f"{adapter}: no classifier file beside it records these adapters; cannot tell which rows "
+                     "they were trained on")
+
+
+def build(directory: Path, adapter_out: Path, layers: int, keep_adapter: Path | None = None) -> InjectionClassifier:
     """Cross-validates, fits both models (the encoder cut to its first `layers`
     blocks), writes the adapters to `adapter_out` and returns the classifier (which
-    records the adapters' sha256)."""
+    records the adapters' sha256). With `keep_adapter` the encoder is not
+    fine-tuned: those adapters are kept and only the semantic head is refitted."""
     from services.embedding.embedder import MODEL_NAME, Embedder, model_dir
     from services.embedding.onnx_model import sha256_file
     from services.guardrails import finetune
@@ -234,8 +295,25 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
         log.info("fine-tuned a fold")
         return finetune.predict(model, model_dir(), [normalised[i] for i in test])
 
+    if keep_adapter is None:
+        # Each fold's encoder is fine-tuned without the rows it scores: all are unseen.
+        semantic_out_of_fold = _out_of_fold(tuned_fold, labels, groups)
+        adapter_sources = sorted(data.files)
+        unseen = np.ones(len(labels), dtype=bool)
+    else:
+        adapter_sources = _adapter_sources(keep_adapter)
+        unseen = ~np.isin(data.source, adapter_sources)
+        # The encoder stays as trained; only the head is refitted, per fold, on the
+        # vectors the service computes (int8, one prompt per pass).
+        tuned_embedder = Embedder(quantize=True, threads=2, adapter=keep_adapter)
+        tuned_x = np.concatenate([tuned_embedder.embed([text]) for text in normalised])
+        log.info("embedded %d rows with the kept encoder", len(labels))
+
+        def head_fold(train, test):
+            return _head().fit(tuned_x[train], labels[train]).predict_proba(tuned_x[test])[:, 1]
+        semantic_out_of_fold = _out_of_fold(head_fold, labels, groups)
     cascade = Cascade(labels, rule, {c: _out_of_fold(lexical_fold(c), labels, groups) for c in C_GRID},
-                      _out_of_fold(tuned_fold, labels, groups))
+                      semantic_out_of_fold, unseen)
     block = choose_block(cascade)
     flag = choose_flag(cascade, block)
     alone = {"lexical_alone": _scores(labels, cascade.lexical[block["lexical_C"]] >= 0.5),
@@ -245,9 +323,20 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
              block, flag, alone, sources)
 
     lexical_model = _model(block["lexical_C"]).fit(lexical_x, labels)
-    tuned = finetune.fit(model_dir(), normalised, labels, layers)
-    tuned.save_adapter(adapter_out)
-    head, bias = tuned.head_weights()
+    if keep_adapter is None:
+        tuned = finetune.fit(model_dir(), normalised, labels, layers)
+        tuned.save_adapter(adapter_out)
+        head, bias = tuned.head_weights()
+        fine_tuning = {"layers": layers, "rank": finetune.RANK, "alpha": finetune.ALPHA, "epochs": finetune.EPOCHS,
+                       "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH, "seed": finetune.SEED}
+    else:
+        if keep_adapter.resolve() != adapter_out.resolve():
+            shutil.copyfile(keep_adapter, adapter_out)
+        fitted = _head().fit(tuned_x, labels)
+        head, bias = fitted.coef_[0].astype(np.float32), float(fitted.intercept_[0])
+        fine_tuning = {"kept": f"adapters kept from an earlier training (sha256 {sha256_file(adapter_out)}); "
+                               "the head was refitted: logistic regression on the int8 vectors",
+                       "head_C": HEAD_C}
     import sklearn
 
     metadata = {
@@ -258,9 +347,8 @@ def build(directory: Path, adapter_out: Path, layers: int) -> InjectionClassifie
         "embedding_model": MODEL_NAME,
         "adapter": adapter_out.name,
         "adapter_sha256": sha256_file(adapter_out),
-        "fine_tuning": {"layers": layers, "rank": finetune.RANK, "alpha": finetune.ALPHA,
-                        "epochs": finetune.EPOCHS, "learning_rate": finetune.LEARNING_RATE, "batch": finetune.BATCH,
-                        "seed": finetune.SEED},
+        "adapter_trained_on": adapter_sources,
+        "fine_tuning": fine_tuning,
         "scikit_learn": sklearn.__version__,
         "cross_validation": {"folds": FOLDS, "rules_alone": _scores(labels, rule >= BLOCK_SCORE), **alone,
                              "block": block, "flag": flag, "per_source": sources},
@@ -283,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, choices=range(1, BLOCKS + 1), default=BLOCKS,
                         metavar=f"1..{BLOCKS}",
                         help="transformer blocks of the encoder to keep: fewer are faster and less accurate")
+    parser.add_argument("--keep-adapter", type=Path, default=None,
+                        help="do not fine-tune the encoder: keep these adapters (e.g. the shipped ones) and refit "
+                             "only the semantic head (minutes instead of about an hour)")
     args = parser.parse_args(argv)
     if args.layers < BLOCKS and (args.out is None or args.adapter is None):
         parser.error("--layers below the model's blocks needs --out and --adapter: the default files are the "
@@ -292,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.adapter.parent.mkdir(parents=True, exist_ok=True)
-    classifier = build(args.data_dir or data_dir(), args.adapter, args.layers)
+    classifier = build(args.data_dir or data_dir(), args.adapter, args.layers, args.keep_adapter)
     args.out.write_text(classifier.to_json(), encoding="utf-8")
     log.info("wrote %s", args.out)
 

@@ -68,7 +68,9 @@ def test_shipped_classifier_fits_the_code_and_stays_small():
     # Trained on tunable data only: never a report-only set.
     sources = set(classifier.metadata["sources"])
     assert sources == {"injection_train.jsonl", "wildguard_benign_train.jsonl", "piguard_valid.jsonl",
-                       "benign_tasks.jsonl", "benign_trigger_words.jsonl", "attack_styles.jsonl"}
+                       "cyberseceval_prompt_injection.jsonl (tuning half)", "benign_tasks.jsonl",
+                       "benign_trigger_words.jsonl", "attack_styles.jsonl", "benign_chit_chat.jsonl",
+                       "attacks_round2.jsonl", "benign_round2.jsonl"}
     assert 0 < classifier.flag_point < classifier.block_point < 1
     # The semantic model reads the vectors of the encoder fine-tuned with it.
     assert classifier.adapter == DEFAULT_ADAPTER_PATH

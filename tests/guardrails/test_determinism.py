@@ -41,7 +41,8 @@ async def test_scores_alone_equal_scores_among_concurrent_checks(settings):
         together = await asyncio.gather(*(guard.check_input(text, policy, "t") for text in crowd))
     finally:
         await batching.close()
-    assert all(outcome.stage == "semantic" for outcome in alone)
+    # The encoder ran for every prompt; the one with an address reports its redaction's stage unless flagged.
+    assert all(o.stage == "semantic" or (o.stage == "pii" and "@" in text) for text, o in zip(PROMPTS, alone))
     assert len({round(o.injection_score, 3) for o in alone}) > 3  # the scores differ from prompt to prompt
     for text, outcome in zip(crowd, together):
         expected = alone[PROMPTS.index(text)]
