@@ -164,7 +164,8 @@ class Answering:
                        canary: str) -> AsyncIterator[Delta | Verdict]:
         """One variant's answer through the output check, its outcome observed for the rollouts
         (an answer the budget stopped is neither)."""
-        source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline)
+        source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline,
+                                         whole=not state.streaming)
         checked = self._output_check.run(source, policy=state.tenant.guardrails_policy, canaries=[canary],
                                          restore_token=state.checked.restore_token, deadline=state.deadline,
                                          fail_open=state.tenant.guardrails_fail_open)
