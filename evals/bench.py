@@ -35,6 +35,7 @@ report names the CPU and records the load average before and after.
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -88,6 +89,8 @@ class Bench:
         self.edge = suite.edge
         self.key = suite.api_key
         self.metadata = (("authorization", f"Bearer {self.key}"),)
+        # Numbers the wrk runs, so that unique questions stay unique across runs.
+        self.runs = itertools.count(1)
         self.pids: dict[str, list[int]] = {}
         for name, process in suite.processes.items():
             group = "router" if name.startswith("router") else name
@@ -169,7 +172,7 @@ class Bench:
         argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{self.seconds:g}s", "--timeout", "30s",
                 "-H", "content-type: application/json", "-H", f"x-api-key: {self.key}", "-s", str(LUA),
                 f"http://{self.edge}{PATH}", "--", str(questions), str(template), "1" if unique else "0",
-                f"{delay_ms:.1f}"]
+                f"{delay_ms:.1f}", str(next(self.runs))]
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=self.seconds + 60).stdout
         return br.wrk_point(br.parse_wrk(out), connections, target_rps)
 
@@ -346,8 +349,6 @@ def triton_direct(port: int, count: int) -> tuple[list[float], list[float]]:
 
 
 def w3(bench: Bench, ramp: tuple[int, ...]) -> dict:
-    import itertools
-
     numbers = itertools.count(1)
     points = [bench.measure(lambda c=c: stream_point(bench, c, numbers)) for c in ramp]
     result = nearest_fractions(points)

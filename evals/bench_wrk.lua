@@ -1,15 +1,16 @@
 -- wrk script of `make bench` (evals/bench.py): HTTP/JSON requests to Envoy's transcoder.
 --
---   wrk ... -s evals/bench_wrk.lua URL -- QUESTIONS TEMPLATE UNIQUE DELAY_MS
+--   wrk ... -s evals/bench_wrk.lua URL -- QUESTIONS TEMPLATE UNIQUE DELAY_MS RUN
 --
 -- QUESTIONS: one JSON-escaped question a line; TEMPLATE: the JSON body, with @Q@ where
--- the question goes; UNIQUE "1": each request's question gets "(case T-N)" appended
--- (T the thread, N its count), so no two requests ask the same thing; DELAY_MS: the
+-- the question goes; UNIQUE "1": each request's question gets "(case RUN-T-N)" appended
+-- (RUN names this wrk run, T the thread, N its count), so no two requests of a bench
+-- ask the same thing, whichever run they belong to; DELAY_MS: the
 -- pause before each request on a connection (0: back to back), which is how a closed
 -- loop of connections is held below saturation. Counts the answers by HTTP status and
 -- prints one "BENCH {json}" line at the end, which evals/bench_report.py reads.
 
-local questions, prefix, suffix, unique, pause = {}, "", "", false, 0
+local questions, prefix, suffix, unique, pause, run = {}, "", "", false, 0, ""
 local counter = 0
 -- Global: done() reads each thread's copy with thread:get.
 statuses = {}
@@ -36,13 +37,14 @@ function init(args)
    prefix, suffix = template:sub(1, at - 1), template:sub(at + 3)
    unique = args[3] == "1"
    pause = tonumber(args[4]) or 0
+   run = args[5] or ""
 end
 
 function request()
    counter = counter + 1
    local question = questions[(counter - 1) % #questions + 1]
    if unique then
-      question = question .. " (case " .. tid .. "-" .. counter .. ")"
+      question = question .. " (case " .. run .. "-" .. tid .. "-" .. counter .. ")"
    end
    return wrk.format("POST", nil, nil, prefix .. question .. suffix)
 end
