@@ -454,7 +454,12 @@ def main() -> int:
     parser.add_argument("--routers", type=int, default=1)
     parser.add_argument("--only", default="", help="comma-separated workloads (default: all)")
     parser.add_argument("--output-dir", type=Path, default=REPO / "reports")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write bench.md and the plots again from the bench.json there; measure nothing")
     args = parser.parse_args()
+    if args.report_only:
+        write(json.loads((args.output_dir / "bench.json").read_text()), args.output_dir, rewrite_json=False)
+        return 0
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     documents = args.documents or (50 if args.quick else 500)
     only = {name for name in args.only.split(",") if name}
@@ -482,12 +487,18 @@ def main() -> int:
                             "w3 and mixed: nearest ramp point."},
         "workloads": results,
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.output_dir / "bench.md").write_text(br.markdown(report))
-    written = br.plots(report, args.output_dir)
-    print(f"wrote {args.output_dir / 'bench.json'}, bench.md, {', '.join(p.name for p in written)}")
+    write(report, args.output_dir)
     return 0
+
+
+def write(report: dict, out_dir: Path, rewrite_json: bool = True) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rewrite_json:
+        (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(br.markdown(report))
+    written = br.plots(report, out_dir)
+    names = ["bench.json"] * rewrite_json + ["bench.md"] + [p.name for p in written]
+    print(f"wrote {', '.join(names)} in {out_dir}")
 
 
 if __name__ == "__main__":

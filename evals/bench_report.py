@@ -204,12 +204,16 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {w['tool']} | {_cell(w['rps'])} | {' | '.join(cells)} | {errors} | "
                      f"{_cell(w.get('overhead_p50_ms'))} |")
     lines += ["", "CPU milliseconds per request by process, at saturation "
-              "(utime + stime from /proc, the process and its children, before and after the point):", "",
-              "| workload | " + " | ".join(PROCESSES) + " | total |", "|---|" + "---|" * (len(PROCESSES) + 1)]
+              "(utime + stime from /proc, the process and its children, before and after the point; total "
+              "includes the suite's other processes). A core's worth of CPU answers 1000 / total requests a "
+              "second, so each further core adds about that much while the work spreads over the processes:", "",
+              "| workload | " + " | ".join(PROCESSES) + " | total | req/s a core |",
+              "|---|" + "---|" * (len(PROCESSES) + 2)]
     for name, w in report["workloads"].items():
         cpu = w["cpu_ms_per_request"]
+        total = round(sum(cpu.values()), 3)
         lines.append(f"| {name} | " + " | ".join(_cell(cpu.get(p)) for p in PROCESSES)
-                     + f" | {_cell(round(sum(cpu.values()), 3))} |")
+                     + f" | {_cell(total)} | {_cell(round(1000 / total, 1)) if total else '-'} |")
     if "mixed" in report["workloads"]:
         mixed = report["workloads"]["mixed"]
         lines += ["", f"Mixed: {mixed['per_minute']:,} answered per minute at saturation; SLAs (p50 < 500 ms, "

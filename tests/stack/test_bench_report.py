@@ -90,8 +90,8 @@ def test_markdown_names_the_machine_the_load_and_the_cpu_per_process():
     assert "Test CPU, 2 cores" in text and "avx512_vnni no" in text
     assert "before: [1.0, 1.0, 1.0], after: [2.0, 1.5, 1.0]" in text
     assert "| w1 | h2load, gRPC | 500.0 |" in text
-    # total CPU per request: 0.4 + 1.2 + 0.1
-    assert "| 1.7 |" in text
+    # total CPU per request: 0.4 + 1.2 + 0.1 ms, so a core answers 1000 / 1.7 a second
+    assert "| 1.7 | 588.2 |" in text
     assert "bench-latency.png" in text and "bench-cpu.png" in text
 
 
