@@ -235,8 +235,12 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     workloads = report["workloads"]
-    figure, axes = plt.subplots(1, len(workloads), figsize=(4 * len(workloads), 3.6), squeeze=False)
-    for axis, (name, w) in zip(axes[0], workloads.items()):
+    columns = min(3, len(workloads))
+    rows = -(-len(workloads) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(workloads):]:
+        axis.set_visible(False)
+    for axis, (name, w) in zip(axes.flat, workloads.items()):
         points = sorted(w["points"], key=lambda p: p["rps"])
         for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
             axis.plot([p["rps"] for p in points], [p["latency_ms"][q] for p in points], style, label=q)
@@ -246,8 +250,8 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
         axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
     axes[0][0].legend()
-    figure.suptitle(f"Latency against load ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
-                    fontsize=9)
+    figure.suptitle(f"Latency against load ({report['machine']['cpu']}, {report['machine']['cores']} cores, "
+                    f"load average {report['load_average']['before'][0]} before)", fontsize=9)
     figure.tight_layout()
     latency_png = out_dir / "bench-latency.png"
     figure.savefig(latency_png, dpi=90)
