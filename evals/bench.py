@@ -145,6 +145,7 @@ class Bench:
                 "-H", "te: trailers", "-H", f"x-api-key: {self.key}"]
         if target_rps:
             argv += ["--rps", f"{max(target_rps / connections, 0.1):.2f}"]
+        log.unlink(missing_ok=True)  # h2load appends to its log file
         codes_before, edge_before = self.router_codes(), self.edge_refusals()
         started = time.perf_counter()
         subprocess.run([*argv, f"http://{self.edge}{PATH}"], capture_output=True, text=True, check=True,
@@ -154,12 +155,19 @@ class Bench:
         # A gRPC failure is an HTTP 200 with grpc-status in its trailers, which h2load
         # does not read: the routers' counters and Envoy's refusals name them. CANCELLED
         # are the calls h2load ended itself when its time was up (not in its log).
-        for code, n in _delta(codes_before, self.router_codes()).items():
+        codes = _delta(codes_before, self.router_codes())
+        for code, n in codes.items():
             if code not in ("OK", "CANCELLED") and n:
                 errors[f"grpc {code}"] = int(n)
         for name, n in _delta(edge_before, self.edge_refusals()).items():
             if n:
                 errors[f"envoy {name}"] = int(n)
+        failed_200 = sum(n for k, n in errors.items() if k.startswith(("grpc", "envoy")))
+        # 200s that no router answered OK and nobody counted as failed: Envoy's own gRPC
+        # replies (no healthy upstream, overflow, a timeout).
+        unseen = len(latencies) - int(codes.get("OK", 0)) - failed_200
+        if unseen > 0:
+            errors["envoy local reply"] = unseen
         requests = len(latencies) + sum(n for k, n in errors.items() if k.startswith(("http", "stream")))
         ok = requests - sum(errors.values())
         return br.Point(connections=connections, target_rps=target_rps, seconds=min(elapsed, self.seconds),
@@ -366,9 +374,9 @@ def w3(bench: Bench, ramp: tuple[int, ...]) -> dict:
 REFUSALS = ("PERMISSION_DENIED", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED")
 
 
-def mixed_point(bench: Bench, clients: int) -> br.Point:
+def mixed_point(bench: Bench, clients: int, workload: stack_load.Workload) -> br.Point:
     rows, elapsed = asyncio.run(stack_load.drive(bench.suite.stack.ports.envoy, bench.key, clients, 1.0,
-                                                 bench.seconds))
+                                                 bench.seconds, workload))
     ok = [row[3] for row in rows if row[1] == "OK"]
     errors: dict[str, int] = {}
     for row in rows:
@@ -379,7 +387,9 @@ def mixed_point(bench: Bench, clients: int) -> br.Point:
 
 
 def mixed(bench: Bench, ramp: tuple[int, ...]) -> dict:
-    points = [bench.measure(lambda c=c: mixed_point(bench, c)) for c in ramp]
+    # One workload for every point: its fresh questions go on being new.
+    workload = stack_load.Workload()
+    points = [bench.measure(lambda c=c: mixed_point(bench, c, workload)) for c in ramp]
     # The mix holds long questions that guardrails may refuse: saturation here is
     # the most answers a minute, and the refusals are counted, not excluded.
     best = max(points, key=lambda p: p.rps)
