@@ -18,7 +18,8 @@ ingests part of the SciFact corpus through the edge, and drives Envoy with:
 Each workload first ramps up connections (a closed loop: a connection sends its next
 request when the last one is answered) for `--seconds` each; saturation is the point
 with the most answers a second among those with at most 0.1 % errors. h2load and wrk
-then hold 25 % and 50 % of it: h2load with --rps per connection, wrk (Debian's has
+then hold 25 % and 50 % of it on twice the connections the rate needs at the
+1-connection latency: h2load with --rps per connection, wrk (Debian's has
 no -R, that is wrk2's) with a pause before each request, sized from the 1-connection
 latency; the rate they reached is what is reported and plotted. The Python-driven
 workloads (w3, mixed) report the ramp point nearest to each fraction instead.
@@ -210,7 +211,7 @@ def ramp_and_fractions(bench: Bench, ramp: tuple[int, ...],
         at["100"] = sat
         low = points[0].latency_ms["p50"]
         for fraction in (0.25, 0.5):
-            connections, target = br.rate_plan(sat, fraction)
+            connections, target = br.rate_plan(sat, fraction, low)
             delay_ms = max(connections * 1000 / target - low, 0.0) if target else 0.0
             held = bench.measure(lambda c=connections, t=target, d=delay_ms: point(c, t, d))
             points.append(held)
@@ -493,8 +494,9 @@ def main() -> int:
                   "path": "Envoy (authz, global rate limit in Redis) -> router -> guardrails, cache, retrieval, "
                           "generation -> Triton",
                   "method": "closed-loop ramp of connections for saturation; 25 % and 50 % held by h2load --rps "
-                            "(w1) or a pause before each wrk request (w1_json, w2a, w2b), reached rate reported; "
-                            "w3 and mixed: nearest ramp point."},
+                            "(w1) or a pause before each wrk request (w1_json, w2a, w2b) on twice the connections "
+                            "the rate needs at the 1-connection latency, reached rate reported; w3 and mixed: "
+                            "nearest ramp point."},
         "workloads": results,
     }
     write(report, args.output_dir)

@@ -7,6 +7,7 @@ reports/bench.md and the PNG plots.
 """
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -117,11 +118,15 @@ def saturation(points: list[Point]) -> Point | None:
     return max(holding, key=lambda point: point.rps) if holding else None
 
 
-def rate_plan(sat: Point, fraction: float) -> tuple[int, float]:
-    """Connections and total requests a second for the point at `fraction` of saturation:
-    the saturation point's connections (fewer if each would carry under one a second)."""
+def rate_plan(sat: Point, fraction: float, low_latency_ms: float) -> tuple[int, float]:
+    """Connections and total requests a second for the point at `fraction` of saturation.
+
+    Twice the requests in flight that the rate needs at the unloaded latency (Little's
+    law), at most the saturation point's: enough to hold the rate, and few, since a
+    generator pacing many connections sends them in bursts that queue like saturation."""
     target = sat.rps * fraction
-    return max(1, min(sat.connections, int(target))), target
+    needed = math.ceil(2 * target * low_latency_ms / 1000)
+    return max(1, min(sat.connections, needed)), target
 
 
 def parse_h2load_log(text: str) -> tuple[list[float], dict[str, int]]:

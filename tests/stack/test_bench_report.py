@@ -50,9 +50,11 @@ def test_saturation_is_the_fastest_point_with_at_most_one_error_in_a_thousand():
     assert br.saturation([point(1, 0, 0), faster_failing]) is None
 
 
-def test_the_fractions_keep_connections_at_or_below_saturations():
-    assert br.rate_plan(point(32, 2000, 2000), 0.25) == (32, 50.0)
-    assert br.rate_plan(point(32, 20, 20), 0.5) == (1, 1.0)
+def test_the_fractions_use_twice_the_connections_the_rate_needs_at_unloaded_latency():
+    # 200 req/s at saturation: 50 a second at 25 %; at 30 ms each that is 1.5 in flight, so 3 connections.
+    assert br.rate_plan(point(32, 2000, 2000), 0.25, 30.0) == (3, 50.0)
+    assert br.rate_plan(point(32, 2000, 2000), 0.5, 1000.0) == (32, 100.0)
+    assert br.rate_plan(point(32, 20, 20), 0.5, 1.0) == (1, 1.0)
 
 
 def test_h2load_log_gives_latencies_of_answers_and_counts_of_the_rest():
