@@ -29,8 +29,8 @@ $(MODELS): $(DEPS) services/embedding/onnx_model.py $(ADAPTERS)
 # Debian packages the tests and `make run` start for real (prometheus ships promtool).
 $(SYSTEM):
 	@command -v redis-server >/dev/null && command -v docker-compose >/dev/null && command -v h2load >/dev/null && \
-	  command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client prometheus)
+	  command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q redis-server docker-compose nghttp2-client prometheus wrk)
 	@mkdir -p build && touch $@
 
 $(DEPS): requirements.lock pyproject.toml
@@ -98,9 +98,12 @@ eval-routing: setup
 eval-answers: setup
 	$(PY) evals/answers.py
 
+# The hot path under load (evals/bench.py): reports/bench.json, bench.md and the
+# bench-*.png plots, about ten minutes on two cores; BENCH_QUICK=1 is a smoke run.
+# Then the edge alone (reports/edge.json) and the OpenAI adapter (reports/openai.json).
 bench: setup
+	$(PY) evals/bench.py
 	$(PY) -m tests.gateway.bench_edge
-	$(PY) evals/stack_load.py
 	$(PY) evals/openai_load.py
 
 # Reliability (docs/reliability.md): every process killed with SIGKILL under load and

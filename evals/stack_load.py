@@ -128,10 +128,12 @@ def summarise(rows: list, seconds: float) -> dict:
     }
 
 
-async def drive(port: int, key: str, clients: int, warmup_s: float, seconds: float) -> tuple[list, float]:
+async def drive(port: int, key: str, clients: int, warmup_s: float, seconds: float,
+                workload: Workload | None = None) -> tuple[list, float]:
+    """`workload`: pass the same one to several runs, so their fresh questions never repeat."""
     record: list = []
     recording = [False]
-    workload = Workload()
+    workload = workload or Workload()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         loop = asyncio.get_running_loop()

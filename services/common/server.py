@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -152,7 +153,8 @@ def main(section: str, settings_cls: type[S], factory: Callable[[S], Service]) -
         await serve(factory(settings))
 
     try:
-        asyncio.run(run())
+        # uvloop: the event loop's own work (callbacks, sockets) costs less CPU per call.
+        uvloop.run(run())
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)

@@ -9,10 +9,12 @@ fails, the policy decides: fail closed (BLOCK) or open (ALLOW).
 """
 
 import asyncio
+import hashlib
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from services.common.errors import NotFound, PermissionDenied
@@ -76,6 +78,10 @@ class Guard:
         self.scanner = scanner
         self.detector = detector
         self.redactor = redactor
+        # sha256 of (tenant, instructions, text) -> the policy it was checked under and its
+        # outcome: a digest, so the keys hold no text; the policy object, so an entry counts
+        # only for the very policy it was made under.
+        self._verdicts: OrderedDict[bytes, tuple[Policy, Outcome]] = OrderedDict()
 
     def resolve_policy(self, tenant: str, requested: str) -> Policy:
         choice = self.settings.tenants.get(tenant, TenantPolicy())
@@ -178,7 +184,25 @@ class Guard:
 
     async def check_input(self, text: str, policy: Policy, tenant: str, *, instructions: bool = False) -> Outcome:
         """`instructions`: the caller's own instructions (an accepted client system message), scored for
-        injection but never flagged or blocked for it."""
+        injection but never flagged or blocked for it. A text checked before under the same
+        policy gets the verdict it got then (the checks are deterministic)."""
+        key = hashlib.sha256(f"{tenant}\0{int(instructions)}\0{text}".encode()).digest()
+        cached = self._verdicts.get(key)
+        if cached is not None and cached[0] is policy:
+            self._verdicts.move_to_end(key)
+            metrics.VERDICT_CACHE.labels("hit").inc()
+            self._count("input", cached[1])
+            return replace(cached[1])
+        metrics.VERDICT_CACHE.labels("miss").inc()
+        outcome = await self._check_input(text, policy, tenant, instructions)
+        # Failed analyses are not verdicts; redactions hold the values they replaced.
+        if self.settings.verdict_cache_entries and outcome.stage != "error" and outcome.verdict is not Verdict.REDACT:
+            self._verdicts[key] = (policy, replace(outcome))
+            if len(self._verdicts) > self.settings.verdict_cache_entries:
+                self._verdicts.popitem(last=False)
+        return outcome
+
+    async def _check_input(self, text: str, policy: Policy, tenant: str, instructions: bool) -> Outcome:
         try:
             findings, injection = await self._analyse_input(text, policy)
             reasons = list(injection.reasons)

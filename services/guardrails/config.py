@@ -179,6 +179,10 @@ class GuardrailsSettings(ServerSettings):
         2, ge=0, description="ONNX Runtime threads for one forward pass of the tuned encoder; 0: its default (all "
                              "cores). On a 2-core machine two beat one in latency and checks/s alike (see the "
                              "guardrails README); idle threads sleep, so the event loop keeps its share.")
+    verdict_cache_entries: int = Field(
+        4096, ge=0, description="CheckInput verdicts kept per (tenant, policy, text), most recent first: an input "
+                                "asked again (a popular question) is not analysed again. Verdicts are deterministic; "
+                                "redactions are never kept (they hold the replaced values). 0: off.")
     restore_key: str = Field(
         "", description="base64 of a 32-byte AES-GCM key for restore tokens. Empty: a random key per "
                         "process, so tokens only work on the replica that issued them; set one shared key "

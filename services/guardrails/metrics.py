@@ -22,6 +22,10 @@ EMBEDDINGS = Counter(
     "Inputs whose fine-tuned embedding was computed, or skipped (cheaper signals were decisive).",
     ["source"],
 )
+VERDICT_CACHE = Counter(
+    "llmsuite_guardrails_verdict_cache_total", "CheckInput verdicts answered from the verdict cache (hit) or analysed (miss).",
+    ["result"],
+)
 ANALYSIS_ERRORS = Counter(
     "llmsuite_guardrails_analysis_errors_total", "Checks whose analysis failed (then fail-closed or fail-open).",
     ["check"],

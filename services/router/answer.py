@@ -169,7 +169,8 @@ class Answering:
         attributes = {**tracing.chat(candidate.variant, state.request.sampling.max_tokens),
                       "llmsuite.tier": TIER_NAMES[candidate.choice.tier]}
         with tracing.span("generation", attributes) as span:
-            source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline)
+            source = self._generation.stream(candidate.variant, prompt, state.request.sampling, state.deadline,
+                                             whole=not state.streaming)
             checked = self._output_check.run(source, policy=state.tenant.guardrails_policy, canaries=[canary],
                                              restore_token=state.checked.restore_token, deadline=state.deadline,
                                              fail_open=state.tenant.guardrails_fail_open)

@@ -80,12 +80,25 @@ class GenerationClient:
             raise from_rpc_error(err, "generation") from None
         return {model.name: model.ready for model in reply.models}
 
-    async def stream(self, model: str, prompt: str, sampling: Sampling,
-                     deadline: Deadline) -> AsyncIterator[Delta | Completion]:
-        """Yields text deltas, then one Completion; ModelUnavailable when the model cannot answer."""
+    async def stream(self, model: str, prompt: str, sampling: Sampling, deadline: Deadline, *,
+                     whole: bool = False) -> AsyncIterator[Delta | Completion]:
+        """Yields text deltas, then one Completion; ModelUnavailable when the model cannot answer.
+
+        `whole`: the caller waits for the whole answer anyway (a unary Generate), so it comes
+        as one Delta from generation's unary Generate: one message through generation and
+        Triton instead of one per token, and one chunk for the output check."""
         upstream = self.upstream(model)
         request = generation_pb2.GenerateStreamRequest(model=model, prompt=prompt, sampling=_params(sampling))
         started = time.perf_counter()
+
+        async def answer(timeout: float) -> AsyncIterator[Delta | Completion]:
+            final = await self._stub.Generate(
+                generation_pb2.GenerateRequest(model=model, prompt=prompt, sampling=request.sampling),
+                timeout=timeout, metadata=outgoing_metadata())
+            if final.text:
+                yield Delta(final.text)
+            yield Completion(final.text, final.finish_reason, final.input_tokens, final.output_tokens,
+                             final.model, final.model_version, time.perf_counter() - started)
 
         async def events(timeout: float) -> AsyncIterator[Delta | Completion]:
             call = self._stub.GenerateStream(request, timeout=timeout, metadata=outgoing_metadata())
@@ -108,7 +121,7 @@ class GenerationClient:
                 call.cancel()
 
         try:
-            async for event in upstream.stream(events, deadline):
+            async for event in upstream.stream(answer if whole else events, deadline):
                 yield event
         except ServiceError as err:
             raise _unavailable(err, upstream.name) from None

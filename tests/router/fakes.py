@@ -70,8 +70,11 @@ class FakeGeneration:
         # Time per piece: with none, a whole answer is generated before the check reads any of it.
         self.piece_s = piece_s
         self.prompts: list[tuple[str, str]] = []
+        # Answers asked for whole (unary callers), not streamed.
+        self.whole_answers = 0
 
-    async def stream(self, model: str, prompt: str, sampling, deadline: Deadline) -> AsyncIterator[Delta | Completion]:
+    async def stream(self, model: str, prompt: str, sampling, deadline: Deadline, *,
+                     whole: bool = False) -> AsyncIterator[Delta | Completion]:
         await _hop(deadline, None, 0.0, "generation")
         if model in self.down:
             raise ModelUnavailable(f"generation/{model} is unavailable", reason="UPSTREAM_CIRCUIT_OPEN",
@@ -80,13 +83,21 @@ class FakeGeneration:
         # A variant (full@2) answers like its model, marked with its name.
         base, _, version = model.partition("@")
         pieces = re.findall(r"\S+\s*", self.ANSWERS[base] + (f"(v{version}) " if version else ""))
+        tokens = len(pieces)
+        if whole:
+            # Generation's unary Generate: the whole text in one piece, or a failure before any.
+            self.whole_answers += 1
+            if model in self.fail_after:
+                raise ModelUnavailable(f"generation/{model} is unavailable", reason="UPSTREAM_UNAVAILABLE",
+                                       metadata={"upstream": f"generation/{model}"}, retry_after_s=1.0)
+            pieces = ["".join(pieces)]
         for index, piece in enumerate(pieces):
             await asyncio.sleep(self.piece_s)
             if self.fail_after.get(model) == index:
                 raise ModelUnavailable(f"generation/{model} is unavailable", reason="UPSTREAM_UNAVAILABLE",
                                        metadata={"upstream": f"generation/{model}"}, retry_after_s=1.0)
             yield Delta(piece)
-        yield Completion("".join(pieces), 1, len(prompt.split()), len(pieces), model, "7", elapsed_s=0.001)
+        yield Completion("".join(pieces), 1, len(prompt.split()), tokens, model, "7", elapsed_s=0.001)
 
     def models_asked(self) -> list[str]:
         return [model for model, _ in self.prompts]

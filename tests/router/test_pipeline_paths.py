@@ -271,7 +271,7 @@ async def test_a_caller_leaving_mid_stream_stops_generation():
     first, stopped = asyncio.Event(), asyncio.Event()
 
     class Endless(FakeGeneration):
-        async def stream(self, model, prompt, sampling, deadline):
+        async def stream(self, model, prompt, sampling, deadline, *, whole=False):
             try:
                 yield Delta("Roses ")
                 first.set()
@@ -286,3 +286,14 @@ async def test_a_caller_leaving_mid_stream_stops_generation():
     await asyncio.wait_for(stopped.wait(), 5)
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def test_a_unary_call_asks_generation_for_the_whole_answer_and_a_stream_for_its_pieces():
+    generation = FakeGeneration()
+    pipeline = build_pipeline(SETTINGS, generation, FakeGuardrails())
+    released, reply = await ask(pipeline, "Which roses suit a balcony?")
+    assert (released, reply.text, reply.usage.output_tokens) == ([], LIGHT, 6)
+    assert generation.whole_answers == 1
+    released, reply = await ask(pipeline, "Which tulips suit a balcony?", streaming=True)
+    assert "".join(released) == reply.text == LIGHT
+    assert generation.whole_answers == 1
