@@ -206,6 +206,11 @@ class _Outcome:
             # The handler aborted on purpose with its own status.
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise err
+        if context.cancelled():
+            # The caller went away (or its deadline passed) while the call was still
+            # working; what failed is only the answer that nobody reads any more.
+            self.code = grpc.StatusCode.CANCELLED
+            return
         self.code = grpc.StatusCode.INTERNAL
         log.error("unhandled error in %s", self.method, exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, _internal_message(), request_id)

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from services.common import context
 from services.common.config import ServerSettings
 from services.common.errors import InvalidArgument, QuotaViolation, ResourceExhausted
-from services.common.interceptor import error_message_factory
+from services.common.interceptor import _Outcome, error_message_factory
 from services.common.server import Service, build_server
 
 
@@ -212,3 +212,25 @@ async def test_a_stream_read_to_its_end_counts_as_ok(stub):
     assert await call.code() == grpc.StatusCode.OK
     await _until_counted("OK", ok + 1)
     assert _stream_calls("OK") == ok + 1
+
+
+class _CallerGone:
+    """The context of a call whose caller has left: nothing can be sent any more."""
+
+    def cancelled(self) -> bool:
+        return True
+
+    async def abort(self, *args):
+        raise AssertionError("an abort cannot reach a caller that left")
+
+
+async def test_an_answer_its_caller_no_longer_waits_for_counts_as_cancelled_and_logs_no_error(caplog):
+    """A load generator that stops at its time limit leaves calls whose answers cannot be
+    sent (sending the headers fails); they were logged as unhandled errors and counted
+    INTERNAL, now CANCELLED."""
+    outcome = _Outcome("itest", "Generate")
+    with caplog.at_level(logging.WARNING):
+        await outcome.fail(RuntimeError('Failed "execute_batch"'), _CallerGone())
+    outcome.record(_CallerGone())
+    assert outcome.code == grpc.StatusCode.CANCELLED
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
