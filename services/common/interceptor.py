@@ -132,7 +132,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 await self._begin(context)
                 request = self._decoded_stream(raw_request, decode) if request_streaming else decode(raw_request)
                 response = await behavior(request, context)
-                await self._send_headers(context)
+                try:
+                    await self._send_headers(context)
+                except Exception:
+                    # Only a call that is over refuses its headers: the caller left
+                    # while its answer was being made, so nobody reads it any more.
+                    raise asyncio.CancelledError from None
                 return response
             except BaseException as err:
                 await outcome.fail(err, context)
@@ -206,11 +211,6 @@ class _Outcome:
             # The handler aborted on purpose with its own status.
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise err
-        if context.cancelled():
-            # The caller went away (or its deadline passed) while the call was still
-            # working; what failed is only the answer that nobody reads any more.
-            self.code = grpc.StatusCode.CANCELLED
-            return
         self.code = grpc.StatusCode.INTERNAL
         log.error("unhandled error in %s", self.method, exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, _internal_message(), request_id)

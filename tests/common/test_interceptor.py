@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from services.common import context
 from services.common.config import ServerSettings
 from services.common.errors import InvalidArgument, QuotaViolation, ResourceExhausted
-from services.common.interceptor import _Outcome, error_message_factory
+from services.common.interceptor import ServerInterceptor, error_message_factory
 from services.common.server import Service, build_server
 
 
@@ -215,10 +215,13 @@ async def test_a_stream_read_to_its_end_counts_as_ok(stub):
 
 
 class _CallerGone:
-    """The context of a call whose caller has left: nothing can be sent any more."""
+    """The context of a call whose caller has left: its headers can no longer be sent."""
 
-    def cancelled(self) -> bool:
-        return True
+    def invocation_metadata(self):
+        return ()
+
+    async def send_initial_metadata(self, metadata):
+        raise RuntimeError('Failed "execute_batch"')  # what grpc raises for a finished call
 
     async def abort(self, *args):
         raise AssertionError("an abort cannot reach a caller that left")
@@ -226,11 +229,15 @@ class _CallerGone:
 
 async def test_an_answer_its_caller_no_longer_waits_for_counts_as_cancelled_and_logs_no_error(caplog):
     """A load generator that stops at its time limit leaves calls whose answers cannot be
-    sent (sending the headers fails); they were logged as unhandled errors and counted
-    INTERNAL, now CANCELLED."""
-    outcome = _Outcome("itest", "Generate")
+    sent; they were logged as unhandled errors and counted INTERNAL, now CANCELLED."""
+    async def answer(request, context):
+        return generation_pb2.GenerateResponse(text="made, but nobody waits for it")
+
+    handle = ServerInterceptor("itest-gone", "dev")._wrap_unary(answer, "Generate", lambda raw: raw)
+    labels = {"service": "itest-gone", "method": "Generate"}
     with caplog.at_level(logging.WARNING):
-        await outcome.fail(RuntimeError('Failed "execute_batch"'), _CallerGone())
-    outcome.record(_CallerGone())
-    assert outcome.code == grpc.StatusCode.CANCELLED
+        with pytest.raises(asyncio.CancelledError):
+            await handle(b"", _CallerGone())
+    assert REGISTRY.get_sample_value("llmsuite_rpc_requests_total", {**labels, "code": "CANCELLED"}) == 1
+    assert REGISTRY.get_sample_value("llmsuite_rpc_requests_total", {**labels, "code": "INTERNAL"}) is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
