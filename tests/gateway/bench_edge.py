@@ -24,7 +24,7 @@ from pathlib import Path
 from llmsuite.inference.v1 import inference_pb2
 
 from gateway.keys import add_key
-from gateway.render import EdgeSecurity, EnvoyParams
+from gateway.render import EdgeSecurity, EnvoyParams, LocalRateLimit
 from tests.gateway.procs import (
     descriptor_set,
     placeholder_upstreams,
@@ -38,6 +38,11 @@ PATH = "/llmsuite.inference.v1.InferenceService/Generate"
 OPENAI_PATH = "/v1/chat/completions"
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers"]
 JSON_HEADERS = ["content-type: application/json"]
+
+
+# The edge's cost is measured, not its safety valve: Envoy's per-instance token bucket
+# (1,000 a second by default) would refuse part of a run that goes faster (429s).
+UNLIMITED = LocalRateLimit(tokens_per_fill=10**6, burst=10**6)
 
 
 def h2load(port: int, body: Path, requests: int, clients: int, headers: list[str], path: str = PATH) -> dict[str, str]:
@@ -61,6 +66,7 @@ def translations(tmp: Path, up_port: int, requests: int, clients: int, started: 
     started.append(adapter.start())
     adapter.wait_http_ok(f"http://127.0.0.1:{openai_port}/healthz", timeout=60)
     params = EnvoyParams(listen_host="127.0.0.1", listen_port=free_port(), admin_port=free_port(),
+                         local_rate_limit=UNLIMITED,
                          upstreams={**placeholder_upstreams(), "router": [f"127.0.0.1:{up_port}"],
                                     "openai": [f"127.0.0.1:{openai_port}"]},
                          descriptor_set=str(descriptor_set(tmp)))
@@ -105,6 +111,7 @@ def main() -> None:
                                    ("authz + ratelimit", EdgeSecurity(authz=[f"127.0.0.1:{authz_port}"],
                                                                       ratelimit=[f"127.0.0.1:{rl_port}"]))):
                 params = EnvoyParams(listen_host="127.0.0.1", listen_port=free_port(), admin_port=free_port(),
+                                     local_rate_limit=UNLIMITED,
                                      upstreams={**placeholder_upstreams(), "router": [f"127.0.0.1:{up_port}"]},
                                      security=security)
                 envoy = start_envoy(params, tmp, name=f"envoy-{len(results)}")
