@@ -334,7 +334,10 @@ async def evaluate(args: argparse.Namespace) -> dict:
             if mode not in args.modes:
                 continue
             print(f"gRPC {mode} ...", file=sys.stderr)
-            process, port = start_service("guardrails", "guardrails", {**args.setting, **extra}, Path(tmp) / "logs",
+            # The speed runs send each prompt more than once; the verdict cache would answer the
+            # repeats without checking them, so it is off here: these runs time the checks.
+            process, port = start_service("guardrails", "guardrails",
+                                          {"verdict_cache_entries": 0, **args.setting, **extra}, Path(tmp) / "logs",
                                           name=f"guardrails-{mode}")
             try:
                 report["grpc"][mode] = await grpc_speed(port, prompts, args.concurrency, args.rounds)
