@@ -290,7 +290,10 @@ def _gate_off(source: Path, adapter: Path | None, path: Path) -> None:
 
 async def evaluate(args: argparse.Namespace) -> dict:
     directory = data_dir()
-    settings = GuardrailsSettings(port=0, metrics_port=0, **args.setting)
+    # Texts repeat (the speed runs send each prompt more than once); the verdict cache would
+    # answer repeats without checking them, so it is off here: this evaluates and times the checks.
+    service_settings = {"verdict_cache_entries": 0, **args.setting}
+    settings = GuardrailsSettings(port=0, metrics_port=0, **service_settings)
     policy = settings.policies["default"]
     classifier = InjectionClassifier.load(args.classifier)
     batching = load_embedder(settings, classifier)
@@ -334,10 +337,7 @@ async def evaluate(args: argparse.Namespace) -> dict:
             if mode not in args.modes:
                 continue
             print(f"gRPC {mode} ...", file=sys.stderr)
-            # The speed runs send each prompt more than once; the verdict cache would answer the
-            # repeats without checking them, so it is off here: these runs time the checks.
-            process, port = start_service("guardrails", "guardrails",
-                                          {"verdict_cache_entries": 0, **args.setting, **extra}, Path(tmp) / "logs",
+            process, port = start_service("guardrails", "guardrails", {**service_settings, **extra}, Path(tmp) / "logs",
                                           name=f"guardrails-{mode}")
             try:
                 report["grpc"][mode] = await grpc_speed(port, prompts, args.concurrency, args.rounds)
