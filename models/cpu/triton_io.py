@@ -40,6 +40,18 @@ def strings(request, name: str) -> list[str]:
     return [value.decode("utf-8") for value in tensor.as_numpy().reshape(-1) if value]
 
 
+def sampling_inputs(request) -> dict:
+    """The interface's sampling inputs with its defaults (greedy), as keyword arguments."""
+    return {"temperature": float(scalar(request, "temperature", 0.0)), "top_p": float(scalar(request, "top_p", 1.0)),
+            "top_k": int(scalar(request, "top_k", 0)), "seed": int(scalar(request, "seed", 0))}
+
+
+def counts_asked(request) -> tuple[bool, bool]:
+    """Whether the caller asked for the input and the output token counts."""
+    return (bool(scalar(request, "return_num_input_tokens", False)),
+            bool(scalar(request, "return_num_output_tokens", False)))
+
+
 def response(text: str, input_tokens: int | None, output_tokens: int | None):
     """One response: text_output, and the token counts where they are known."""
     tensors = [pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_))]

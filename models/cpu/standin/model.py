@@ -20,7 +20,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from triton_io import RequestError, RequestThreads, response, scalar, strings
+from triton_io import RequestError, RequestThreads, counts_asked, response, sampling_inputs, scalar, strings
 from .text import Sampling, StopScanner, count_tokens, fails_on_purpose, pieces
 
 # A version folder may hold this file: a JSON object of parameters that override
@@ -84,14 +84,8 @@ class TritonPythonModel:
         if input_tokens > self.max_input_tokens:
             raise RequestError(f"text_input has {input_tokens} tokens; this model takes at most {self.max_input_tokens}")
         stream = bool(scalar(request, "stream", False))
-        sampling = Sampling(
-            temperature=float(scalar(request, "temperature", 0.0)),
-            top_p=float(scalar(request, "top_p", 1.0)),
-            top_k=int(scalar(request, "top_k", 0)),
-            seed=int(scalar(request, "seed", 0)),
-        )
-        counts_in = bool(scalar(request, "return_num_input_tokens", False))
-        counts_out = bool(scalar(request, "return_num_output_tokens", False))
+        sampling = Sampling(**sampling_inputs(request))
+        counts_in, counts_out = counts_asked(request)
         scanner = StopScanner(strings(request, "stop_words"))
         bad_words = strings(request, "bad_words")
 

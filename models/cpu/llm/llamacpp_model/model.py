@@ -17,7 +17,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from triton_io import RequestError, RequestThreads, response, scalar, strings
+from triton_io import RequestError, RequestThreads, counts_asked, response, sampling_inputs, scalar, strings
 from . import settings as model_settings
 from .engine import Engine, Sampling, chat_request
 from .transcript import messages
@@ -183,14 +183,8 @@ class TritonPythonModel:
         conversation = messages(prompt)
         if not conversation:
             raise RequestError("text_input holds no message")
-        sampling = Sampling(
-            temperature=float(scalar(request, "temperature", 0.0)),
-            top_p=float(scalar(request, "top_p", 1.0)),
-            top_k=int(scalar(request, "top_k", 0)),
-            seed=int(scalar(request, "seed", 0)),
-        )
-        counts_in = bool(scalar(request, "return_num_input_tokens", False))
-        counts_out = bool(scalar(request, "return_num_output_tokens", False))
+        sampling = Sampling(**sampling_inputs(request))
+        counts_in, counts_out = counts_asked(request)
         if self._stopping.is_set():
             raise RequestError("the model is shutting down; retry", pb_utils.TritonError.UNAVAILABLE)
 
