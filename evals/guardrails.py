@@ -49,6 +49,7 @@ import grpc  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2 as pb  # noqa: E402
 from llmsuite.guardrails.v1 import guardrails_pb2_grpc  # noqa: E402
 
+from evals.bench_report import machine  # noqa: E402
 from evals.stats import percentile  # noqa: E402
 from services.embedding.onnx_model import BLOCKS  # noqa: E402
 from services.guardrails.classifier import DEFAULT_PATH, InjectionClassifier  # noqa: E402
@@ -298,8 +299,8 @@ async def evaluate(args: argparse.Namespace) -> dict:
     classifier = InjectionClassifier.load(args.classifier)
     batching = load_embedder(settings, classifier)
     guard = build_guard(settings, batching.embed_one, classifier)
-    report: dict = {"data_dir": str(directory), "machine": {"cpus": os.cpu_count(),
-                                                           "load_average_at_start": os.getloadavg()},
+    # The encoder's speed depends on the CPU's int8 instructions (AVX-512 VNNI or not).
+    report: dict = {"data_dir": str(directory), "machine": {**machine(), "load_average_at_start": os.getloadavg()},
                     "classifier": {"path": _shown(args.classifier),
                                    # Files from before `--layers` recorded no count: the whole model.
                                    "encoder_blocks": classifier.metadata.get("fine_tuning", {}).get("layers",
