@@ -20,7 +20,8 @@ the blocks of the whole cascade (patterns included) over every row, among the
 settings that block at most MAX_BENIGN_BLOCKED of the benign rows; among those
 within F1_TOLERANCE of the best, the one that embeds fewest prompts, then the
 highest block point. Then the flag point (below the block point): the best F1 of
-flag-or-block. Both models are then fitted on all rows: the head and the settings
+flag-or-block. For the record only, the best F1 of blocks under other caps
+(CAP_CURVE): what the chosen cap costs in detection. Both models are then fitted on all rows: the head and the settings
 go to the JSON file, the adapters to the .npz file next to it. The adapters are
 fine-tuned once per fold and once on all rows: about an hour on two CPU cores.
 With --keep-adapter the encoder is not fine-tuned: those adapters are kept, the
@@ -84,6 +85,9 @@ POINTS = tuple(round(0.05 * i, 2) for i in range(2, 20))  # 0.10 ... 0.95
 # "Block only when confident": the block point may block at most this share of
 # the benign rows in cross-validation.
 MAX_BENIGN_BLOCKED = 0.02
+# Other caps, for the record only (nothing is chosen by them): the best F1 of blocks that
+# cross-validation finds when more benign rows may be blocked, i.e. what the cap costs.
+CAP_CURVE = (0.01, 0.02, 0.03, 0.05, 0.1)
 F1_TOLERANCE = 0.005
 FOLDS = 3
 # Rows sharing this many leading or trailing characters are near-duplicates.
@@ -172,12 +176,19 @@ def read_sources(directory: Path) -> TrainingData:
     return TrainingData(texts, np.asarray(labels), np.asarray(source), files)
 
 
-def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import f1_score, precision_score, recall_score
+def _ratio(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
-    return {"f1": round(f1_score(labels, predicted), 4), "precision": round(precision_score(labels, predicted), 4),
-            "recall": round(recall_score(labels, predicted), 4),
-            "benign_blocked": round(float(predicted[labels == 0].mean()), 4)}
+
+def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """F1, precision and recall of `predicted` (as scikit-learn's, 0 where undefined), and the
+    share of benign rows predicted; counted directly: the selection scores thousands of settings."""
+    predicted = np.asarray(predicted, dtype=bool)
+    attacks = labels == 1
+    hits = int((predicted & attacks).sum())
+    return {"f1": _ratio(2 * hits, int(predicted.sum()) + int(attacks.sum())),
+            "precision": _ratio(hits, int(predicted.sum())), "recall": _ratio(hits, int(attacks.sum())),
+            "benign_blocked": round(float(predicted[~attacks].mean()), 4)}
 
 
 @dataclass
@@ -204,7 +215,9 @@ class Cascade:
         return (self.rule >= rule_score) | ((self.rule < DECISIVE_SCORE) & (learned >= point))
 
 
-def choose_block(cascade: Cascade) -> dict:
+def choose_block(cascade: Cascade, cap: float = MAX_BENIGN_BLOCKED) -> dict:
+    """The gate, lexical C and block point with the best F1 of blocks among the settings that
+    block at most `cap` of the benign rows (also of those the encoder never saw)."""
     candidates = []
     for c, low, high, point in itertools.product(cascade.lexical, GATE_BENIGN_GRID, GATE_ATTACK_GRID, POINTS):
         learned, embedded = cascade.learned(c, low, high)
@@ -213,7 +226,7 @@ def choose_block(cascade: Cascade) -> dict:
         unseen_benign = cascade.unseen & (cascade.labels == 0)
         unseen_blocked = round(float(blocked[unseen_benign].mean()), 4)
         # The cap holds on all benign rows and on those the encoder never saw.
-        if scores["benign_blocked"] <= MAX_BENIGN_BLOCKED and unseen_blocked <= MAX_BENIGN_BLOCKED:
+        if scores["benign_blocked"] <= cap and unseen_blocked <= cap:
             candidates.append({"lexical_C": c, "gate_benign_below": low, "gate_attack_above": high,
                                "block_point": point, "embedded_fraction": round(float(embedded.mean()), 3),
                                **scores, "unseen_benign_blocked": unseen_blocked})
@@ -222,6 +235,14 @@ def choose_block(cascade: Cascade) -> dict:
                  key=lambda c: (c["embedded_fraction"], -c["block_point"], c["lexical_C"],
                                 -c["gate_benign_below"], c["gate_attack_above"]))
     return {**chosen, "best_f1": best_f1}
+
+
+def cap_curve(cascade: Cascade) -> dict[str, dict]:
+    """Best F1 of blocks (with its precision, recall, benign rows blocked) per cap on the
+    benign rows blocked: how much detection the chosen cap gives up."""
+    keys = ("f1", "precision", "recall", "benign_blocked", "block_point")
+    return {f"{cap:.2f}": {key: chosen[key] for key in keys}
+            for cap, chosen in ((cap, choose_block(cascade, cap)) for cap in CAP_CURVE)}
 
 
 def choose_flag(cascade: Cascade, block: dict) -> dict:
@@ -319,8 +340,9 @@ def build(directory: Path, adapter_out: Path, layers: int, keep_adapter: Path | 
     alone = {"lexical_alone": _scores(labels, cascade.lexical[block["lexical_C"]] >= 0.5),
              "fine_tuned_alone": _scores(labels, cascade.semantic >= 0.5)}
     sources = per_source(data, cascade, block, flag)
-    log.info("chosen by cross-validation: block %s, flag %s; learned signals alone at 0.5: %s; per source: %s",
-             block, flag, alone, sources)
+    curve = cap_curve(cascade)
+    log.info("chosen by cross-validation: block %s, flag %s; learned signals alone at 0.5: %s; per source: %s; "
+             "best blocks per benign cap: %s", block, flag, alone, sources, curve)
 
     lexical_model = _model(block["lexical_C"]).fit(lexical_x, labels)
     if keep_adapter is None:
@@ -351,7 +373,7 @@ def build(directory: Path, adapter_out: Path, layers: int, keep_adapter: Path | 
         "fine_tuning": fine_tuning,
         "scikit_learn": sklearn.__version__,
         "cross_validation": {"folds": FOLDS, "rules_alone": _scores(labels, rule >= BLOCK_SCORE), **alone,
-                             "block": block, "flag": flag, "per_source": sources},
+                             "block": block, "flag": flag, "per_source": sources, "benign_cap_curve": curve},
     }
     return InjectionClassifier(
         hashing=HASHING,
