@@ -21,9 +21,10 @@ settings that block at most MAX_BENIGN_BLOCKED of the benign rows; among those
 within F1_TOLERANCE of the best, the one that embeds fewest prompts, then the
 highest block point. Then the flag point (below the block point): the best F1 of
 flag-or-block. For the record only, the best F1 of blocks under other caps
-(CAP_CURVE): what the chosen cap costs in detection. Both models are then fitted on all rows: the head and the settings
-go to the JSON file, the adapters to the .npz file next to it. The adapters are
-fine-tuned once per fold and once on all rows: about an hour on two CPU cores.
+(CAP_CURVE): what the chosen cap costs in detection. Both models are then fitted
+on all rows: the head and the settings go to the JSON file, the adapters to the
+.npz file next to it. The adapters are fine-tuned once per fold and once on all
+rows: about 40 minutes on two CPU cores (2,342 rows).
 With --keep-adapter the encoder is not fine-tuned: those adapters are kept, the
 semantic head is refitted per fold and on all rows (a logistic regression on the
 int8 vectors), and the benign cap must also hold on the rows of sources the kept
@@ -185,10 +186,9 @@ def _scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     share of benign rows predicted; counted directly: the selection scores thousands of settings."""
     predicted = np.asarray(predicted, dtype=bool)
     attacks = labels == 1
-    hits = int((predicted & attacks).sum())
-    return {"f1": _ratio(2 * hits, int(predicted.sum()) + int(attacks.sum())),
-            "precision": _ratio(hits, int(predicted.sum())), "recall": _ratio(hits, int(attacks.sum())),
-            "benign_blocked": round(float(predicted[~attacks].mean()), 4)}
+    hits, flagged, positives = int((predicted & attacks).sum()), int(predicted.sum()), int(attacks.sum())
+    return {"f1": _ratio(2 * hits, flagged + positives), "precision": _ratio(hits, flagged),
+            "recall": _ratio(hits, positives), "benign_blocked": round(float(predicted[~attacks].mean()), 4)}
 
 
 @dataclass
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="transformer blocks of the encoder to keep: fewer are faster and less accurate")
     parser.add_argument("--keep-adapter", type=Path, default=None,
                         help="do not fine-tune the encoder: keep these adapters (e.g. the shipped ones) and refit "
-                             "only the semantic head (minutes instead of about an hour)")
+                             "only the semantic head (minutes instead of about 40)")
     args = parser.parse_args(argv)
     if args.layers < BLOCKS and (args.out is None or args.adapter is None):
         parser.error("--layers below the model's blocks needs --out and --adapter: the default files are the "
