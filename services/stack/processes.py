@@ -25,10 +25,25 @@ from services.common.paths import REPO
 VENV_BIN = Path(sys.executable).parent
 
 
+# Ports free_port has handed out in this process.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before.
+
+    Ports are chosen before the processes that bind them start, and the kernel may offer
+    a port again as soon as its probe socket closes: a stack's authz and Envoy once got
+    the same one, and Envoy could not start."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 class ProcessDied(AssertionError):
